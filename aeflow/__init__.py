@@ -1,0 +1,1 @@
+"""aeflow aeflow package."""

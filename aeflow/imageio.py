@@ -1,0 +1,142 @@
+"""Image listing and decoding shared by training data and batch jobs (Pillow + numpy only, no torch)."""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Refuse images above this many pixels before decoding them (decompression bombs). 12000x9000 fits.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+
+class ImageDecodeError(ValueError):
+    """Raised when bytes are not a decodable image, or one we refuse to decode."""
+
+
+def iter_image_paths(root: str | os.PathLike) -> Iterator[Path]:
+    """Yield image files under root, recursively, in sorted order, as a stream.
+
+    Directories are walked one at a time (never the whole tree in memory); symlinked
+    directories are not followed (no loops); a directory named like an image is skipped.
+    """
+    root = Path(root)
+    if root.is_file():
+        if root.suffix.lower() in IMAGE_EXTS:
+            yield root
+        return
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            warnings.warn(f"cannot list {d}: {exc}")
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if not e.name.startswith("."):
+                        subdirs.append(Path(e.path))
+                elif e.name.lower().endswith(tuple(IMAGE_EXTS)) and e.is_file(follow_symlinks=True):
+                    yield Path(e.path)
+            except OSError:
+                continue
+        # reversed so the stack pops subdirectories in sorted order
+        stack.extend(reversed(subdirs))
+
+
+def _to_uint8_array(im) -> np.ndarray:
+    """Convert a Pillow image of any mode to a uint8 array, keeping alpha if present."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im)
+        # 16-bit greyscale: keep the top 8 bits rather than clipping at 255
+        a = (a.astype(np.uint32) >> 8).clip(0, 255) if a.max() > 255 else a
+        return a.astype(np.uint8)[..., None]
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        return np.clip(a, 0, 255).astype(np.uint8)[..., None]
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
+        im = im.convert("RGB" if im.mode != "1" else "L")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    elif im.mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    a = np.asarray(im, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    assert isinstance(im, Image.Image)
+    return a
+
+
+def normalize_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    """Return a uint8 HxWxC array with C = channels (1 or 3); alpha is composited onto white."""
+    if a.shape[2] in (2, 4):  # grey+alpha or RGBA
+        alpha = a[..., -1:].astype(np.float32) / 255.0
+        rgb = a[..., :-1].astype(np.float32)
+        a = np.clip(rgb * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+    if channels == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif channels == 1 and a.shape[2] == 3:
+        # ITU-R 601 luma, as Pillow's convert("L")
+        y = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        a = np.clip(y + 0.5, 0, 255).astype(np.uint8)[..., None]
+    return np.ascontiguousarray(a)
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open image bytes with Pillow (header only), refusing bombs; first frame of animations."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"not a decodable image: {exc}") from None
+    except Exception as exc:  # Pillow raises many types on garbage
+        raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+    return im
+
+
+def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to uint8 HxWxC (C = channels), EXIF orientation applied, modes normalised."""
+    from PIL import Image, ImageOps
+
+    im = open_image(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            a = _to_uint8_array(im)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # truncated data, bad EXIF, unsupported codec...
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    return normalize_channels(a, channels)
+
+
+def load_image(path: str | os.PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode one image file (see decode_image)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, channels=channels, max_pixels=max_pixels)

@@ -1,0 +1,1 @@
+"""aeflow flows package."""

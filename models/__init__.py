@@ -1,0 +1,1 @@
+"""aeflow models package."""

@@ -1,0 +1,1 @@
+"""aeflow pipeline package."""
