@@ -1,0 +1,56 @@
+"""`denoise`: a residual DnCNN-style fully convolutional colour denoiser (Zhang et al. 2017)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.registry import register_model
+
+
+@dataclass
+class DenoiseConfig:
+    """DnCNN settings: `depth` 3x3 conv layers of `features` channels."""
+    channels: int = 3
+    features: int = 48
+    depth: int = 8
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"denoise: channels must be 1 or 3, got {self.channels}")
+        if self.depth < 2 or self.features < 1:
+            raise ValueError(f"denoise: need depth >= 2 and features >= 1, got {self.depth}, {self.features}")
+
+
+@register_model
+class DnCNN(nn.Module):
+    """Predicts the noise and subtracts it: output = x - net(x) (residual learning, no clamp), any HxW."""
+
+    kind = "denoise"
+    Config = DenoiseConfig
+    SIZES = {
+        "tiny": dict(features=16, depth=4),   # tests and smoke runs
+        "small": dict(features=48, depth=8),  # the default: trains on 2 CPU cores in minutes
+        "base": dict(features=64, depth=17),  # the DnCNN paper's size; wants a GPU
+    }
+
+    def __init__(self, cfg: DenoiseConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, f = cfg.channels, cfg.features
+        layers: list[nn.Module] = [nn.Conv2d(c, f, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(cfg.depth - 2):
+            # No BatchNorm: the small CPU batches make its statistics noisy; residual learning trains without it.
+            layers += [nn.Conv2d(f, f, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(f, c, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius in input pixels: one per 3x3 conv."""
+        return self.cfg.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised image (N,C,H,W) from a noisy float image in [0,1]."""
+        return x - self.net(x)

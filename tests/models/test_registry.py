@@ -1,0 +1,116 @@
+"""Every registered model: config handling, forward shapes, and a halo that really bounds the receptive field."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from models.registry import config_class, create_model, list_models, model_sizes, register_model
+
+KINDS = ["ae", "conv-vae", "denoise", "upscale", "vae"]
+
+
+def _input(model, n=2, h=20, w=28):
+    cfg = model.cfg
+    if hasattr(model, "encode"):
+        return torch.rand(n, cfg.channels, cfg.input_size, cfg.input_size)
+    return torch.rand(n, cfg.channels, h, w)
+
+
+def test_all_kinds_registered():
+    assert list_models() == KINDS
+
+
+@pytest.mark.parametrize("kind", list_models())
+def test_forward_shapes(kind):
+    torch.manual_seed(0)
+    assert "tiny" in model_sizes(kind) and "small" in model_sizes(kind)
+    model = create_model(kind, size="tiny").eval()
+    assert model.kind == kind and isinstance(model.cfg, config_class(kind))
+    assert isinstance(model.halo, int) and model.halo >= 0
+    x = _input(model)
+    cfg = model.cfg
+    with torch.no_grad():
+        out = model(x)
+        if kind in ("denoise", "upscale"):
+            s = getattr(cfg, "scale", 1)
+            assert out.shape == (2, cfg.channels, 20 * s, 28 * s) and out.dtype == torch.float32
+        elif kind == "ae":
+            x_hat, z = out
+            assert z.shape == (2, cfg.latent_dim) and x_hat.shape == x.shape
+            assert torch.equal(model.encode(x), z) and model.decode(z).shape == x.shape
+            assert 0 <= x_hat.min() and x_hat.max() <= 1
+        else:
+            x_hat, mu, logvar = out
+            assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
+            assert mu.shape == logvar.shape == (2, cfg.latent_dim)
+            m2, lv2 = model.encode(x)
+            assert torch.equal(m2, mu) and torch.equal(lv2, logvar)
+            assert torch.equal(model.reparameterize(mu, logvar), mu)  # eval mode: the mean
+            assert model.decode(mu).shape == x.shape
+            model.train()
+            z = model.reparameterize(mu, logvar)
+            assert z.shape == mu.shape and not torch.equal(z, mu)  # training: a sample
+
+
+@pytest.mark.parametrize("kind,cfg", [("denoise", {}), ("upscale", {"scale": 2}), ("upscale", {"scale": 4})])
+def test_halo_bounds_receptive_field(kind, cfg):
+    """Changing one input pixel changes only outputs within `halo` input pixels of it (what tiling relies on)."""
+    torch.manual_seed(0)
+    model = create_model(kind, size="tiny", **cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # the upscaler's last conv starts at zero: give it weights
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.rand(1, 3, 31, 31)
+        x2 = x.clone()
+        x2[0, :, 15, 15] += 0.5
+        changed = (model(x2) - model(x)).abs().amax(dim=1)[0] > 1e-6
+    s = cfg.get("scale", 1)
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    # output pixel (y, x) belongs to input pixel (y // s, x // s): tiles map to output blocks of s x s
+    dist = torch.maximum((ys // s - 15).abs(), (xs // s - 15).abs())
+    assert dist.max() <= model.halo
+    assert dist.max() == model.halo  # and the halo is tight, not a loose over-estimate
+
+
+def test_sizes_and_overrides():
+    assert create_model("denoise").cfg == config_class("denoise")()
+    m = create_model("denoise", size="tiny", depth=3)
+    assert (m.cfg.features, m.cfg.depth) == (model_sizes("denoise")["tiny"]["features"], 3)
+    assert m.halo == 3
+    assert dataclasses.asdict(create_model("vae", latent_dim=5).cfg)["latent_dim"] == 5
+
+
+def test_bad_config_errors():
+    with pytest.raises(TypeError, match="depht.*feature"):
+        create_model("denoise", depht=3, feature=2)
+    with pytest.raises(ValueError, match="unknown model kind 'nope'"):
+        create_model("nope")
+    with pytest.raises(ValueError, match="unknown size"):
+        create_model("ae", size="huge")
+    with pytest.raises(ValueError, match="scale"):
+        create_model("upscale", scale=3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        create_model("ae", input_size=30)
+    with pytest.raises(ValueError, match="channels"):
+        create_model("conv-vae", channels=2)
+
+
+def test_register_model_rejects_duplicates_and_incomplete_classes():
+    class NoKind(torch.nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match="kind"):
+        register_model(NoKind)
+
+    @dataclasses.dataclass
+    class Cfg:
+        pass
+
+    class Clash(torch.nn.Module):
+        kind, Config, SIZES = "denoise", Cfg, {}
+
+    list_models()  # make sure the real "denoise" is registered first
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(Clash)
