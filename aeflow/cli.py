@@ -8,7 +8,7 @@ import sys
 
 # Modules that add verbs: each defines add_commands(subparsers). Imported lazily by name so that
 # `aeflow --help` stays fast and a job verb never imports torch.
-COMMAND_MODULES = ("aeflow.cli_models", "aeflow.cli_jobs", "aeflow.cli_flows")
+COMMAND_MODULES = ("aeflow.cli_models", "aeflow.cli_jobs", "aeflow.cli_flows", "aeflow.cli_api")
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 2, 3
 

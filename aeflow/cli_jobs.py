@@ -1,0 +1,118 @@
+"""`aeflow denoise|upscale|embed` (batch jobs) and `aeflow index|search` (embeddings index): thin wrappers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aeflow.cli import UsageError
+
+_JOB_HELP = {
+    "denoise": "denoise every image under IN_DIR into OUT_DIR (same tree)",
+    "upscale": "upscale every image under IN_DIR into OUT_DIR (same tree)",
+    "embed": "embed every image under IN_DIR into OUT_DIR/embeddings/*.parquet",
+}
+# Kept in step with pipeline.runner.DEFAULT_MODELS (not imported: --help must stay light)
+_DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
+
+
+def add_commands(sub) -> None:
+    """Add the job verbs and index/search to the `aeflow` parser."""
+    for job, help_ in _JOB_HELP.items():
+        p = sub.add_parser(job, help=help_, description=help_ + ". Rerunning resumes: inputs done before with "
+                           "the same model and unchanged are skipped. Exit 0: all ok, 3: some files failed, 2: usage.")
+        p.add_argument("in_dir", metavar="IN_DIR", type=Path)
+        p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+        p.add_argument("--model", default=_DEFAULT_MODELS[job],
+                       help="store spec NAME, NAME:VERSION, NAME:ALIAS or a path (default %(default)s)")
+        p.add_argument("--store", type=Path, default=None,
+                       help="model store folder (default $AEFLOW_HOME or ./aeflow-store)")
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        p.add_argument("--address", default=None,
+                       help="Ray: 'local' (default; or $RAY_ADDRESS when set), 'auto', or HOST:PORT of a cluster")
+        p.add_argument("--runner", choices=("ray", "local"), default="ray",
+                       help="ray (default) or local: one process, no cluster (debugging)")
+        p.add_argument("--batch-size", type=_positive, default=8)
+        p.add_argument("--workers", type=_positive, default=None,
+                       help="Ray actors (default: one per CPU, or per GPU with --device cuda)")
+        p.add_argument("--tile", type=_positive, default=512,
+                       help="image2image: images larger than this many input pixels run in overlapping tiles")
+        if job != "embed":
+            p.add_argument("--format", choices=("same", "png", "jpg", "webp"), default="same",
+                           help="output format (default: same as the input)")
+        p.add_argument("--overwrite", action="store_true", help="redo every input, even those done before")
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        p.set_defaults(func=_cmd_job, job=job)
+
+    p = sub.add_parser("index", help="build or update the ANN index of OUT_DIR/embeddings")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="nearest embedded images to an image file or a stored path")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", type=Path, help="an image file to embed and search with")
+    q.add_argument("--path", help="the relative path of an already embedded image")
+    p.add_argument("--k", type=_positive, default=10)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--model", default=None, help="encoder spec (default: the index's model)")
+    p.add_argument("--store", type=Path, default=None)
+    p.set_defaults(func=_cmd_search)
+
+
+def _positive(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _cmd_job(args) -> int:
+    from pipeline.runner import JobConfig, exit_code, run_job
+
+    cfg = JobConfig(job=args.job, in_dir=args.in_dir, out_dir=args.out_dir, model=args.model, store=args.store,
+                    device=args.device, address=args.address, batch_size=args.batch_size, workers=args.workers,
+                    format=getattr(args, "format", "same"), overwrite=args.overwrite, runner=args.runner,
+                    tile=args.tile, progress=args.progress)
+    s = run_job(cfg)
+    c = s["counts"]
+    print(f"{args.job}: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed of {c['total']} "
+          f"in {s['wall_s']}s ({s['images_per_s_running']} img/s after {s['startup_s']}s start-up) "
+          f"on {s['device']} [{', '.join(s['providers'])}], model {s['model']['name']}:{s['model']['version']}; "
+          f"manifest {Path(s['out_dir']) / s['manifest']}")
+    if c["failed"]:
+        for f in s["failures_sample"]:
+            print(f"  failed: {f['path']}: {f['error']}", file=sys.stderr)
+        more = c["failed"] - len(s["failures_sample"])
+        print(f"{c['failed']} files failed{f' ({more} more not shown)' if more > 0 else ''}: rows with status "
+              "'failed' in the manifest; rerun the same command to retry them", file=sys.stderr)
+    return exit_code(s)
+
+
+def _cmd_index(args) -> int:
+    from pipeline import index
+
+    try:
+        meta = index.build_index(args.out_dir)
+    except index.EmbeddingsError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps({k: meta.get(k) for k in ("action", "reason", "added", "replaced", "count", "kind", "metric",
+                                                 "model") if k in meta}, indent=2))
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from pipeline import index
+
+    try:
+        results = index.search(args.out_dir, image=args.image, path=args.path, k=args.k, model=args.model,
+                               store=args.store)
+    except index.EmbeddingsError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['rank']:>3}  {r['score']:+.4f}  {r['path']}")
+    return 0

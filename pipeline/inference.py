@@ -1,0 +1,108 @@
+"""Per-image model logic shared by the batch worker and the online service: decode, batch or tile, embed, encode.
+
+One code path, so `aeflow api` answers with exactly the bytes the batch job writes for the same input:
+the same decode (aeflow.imageio.decode_image + the file's ICC profile), the same shape buckets and tiling
+for image2image models, the same centre crop for encoders, the same encoder (pipeline.writer.encode_image).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image, open_image
+from pipeline.predictor import ModelInfo, Predictor
+from pipeline.reader import center_square
+from pipeline.tiling import predict_tiled
+
+# Pillow format name -> the file suffix pipeline.writer.encode_image understands (MPO: camera JPEGs)
+SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
+
+
+@dataclass
+class DecodedImage:
+    """A decoded input: pixels as the batch job decodes them (encoders: not yet cropped), plus what encoding needs."""
+
+    image: np.ndarray  # uint8 HxWxC
+    icc: bytes | None
+    format: str  # Pillow's format name of the input (JPEG, PNG, ...)
+    width: int
+    height: int
+
+
+def decode_for(data: bytes, info: ModelInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes for a model exactly as pipeline.reader.read_decode does (raises ImageDecodeError)."""
+    channels = info.channels if info.role == "encoder" else 3
+    image = decode_image(data, channels=channels, max_pixels=max_pixels)
+    header = open_image(data, max_pixels)  # header only: the ICC profile and format, as read_decode takes them
+    h, w = image.shape[:2]
+    return DecodedImage(image, header.info.get("icc_profile"), header.format or "", w, h)
+
+
+def image2image(predictor: Predictor, images: list[np.ndarray], tile: int = 512,
+                batch_size: int = 8) -> list[np.ndarray | Exception]:
+    """Run an image2image model on each image, in order; a failure is returned in its slot, never raised.
+
+    Images whose sides are all <= tile are batched by exact shape (one ONNX call per shape and chunk of
+    batch_size); larger ones run in overlapping tiles (pipeline.tiling). A failed chunk is retried image by
+    image, so one bad input fails alone. This is the batch worker's bucketing, kept identical.
+    """
+    info = predictor.info
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return predictor({"image": x})["output"]
+
+    outs: list[np.ndarray | Exception | None] = [None] * len(images)
+    buckets: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        buckets.setdefault((h, w) if max(h, w) <= tile else ("tiled", i), []).append(i)
+    for key, idx in buckets.items():
+        for k in range(0, len(idx), batch_size):
+            chunk = idx[k:k + batch_size]
+            try:
+                if key[0] == "tiled":
+                    outs[chunk[0]] = predict_tiled(predict, images[chunk[0]], tile, info.halo, info.scale, batch_size)
+                else:
+                    for i, y in zip(chunk, predict(np.stack([images[i] for i in chunk]))):
+                        outs[i] = y
+            except Exception:  # noqa: BLE001 - retried one by one below
+                pass
+            for i in chunk:
+                if outs[i] is None:
+                    try:
+                        outs[i] = predict_tiled(predict, images[i], tile, info.halo, info.scale, 1)
+                    except Exception as exc:  # noqa: BLE001 - this input's own failure
+                        outs[i] = exc
+    return outs  # type: ignore[return-value]
+
+
+def encoder_input(image: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """What an encoder gets for a decoded image: the batch job's resize + centre crop to S×S."""
+    return center_square(image, info.input_size)
+
+
+def embed(predictor: Predictor, images: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    """Embed decoded (uncropped) images, in order, float32 [D] each; a failure is returned in its slot."""
+    info = predictor.info
+    outs: list[np.ndarray | Exception | None] = [None] * len(images)
+    ready: list[int] = []
+    xs = []
+    for i, im in enumerate(images):
+        try:
+            xs.append(encoder_input(im, info))
+            ready.append(i)
+        except Exception as exc:  # noqa: BLE001
+            outs[i] = exc
+    if ready:
+        try:
+            vecs = predictor({"image": np.stack(xs)})["embedding"]
+            for i, v in zip(ready, vecs):
+                outs[i] = np.asarray(v, dtype=np.float32)
+        except Exception:  # noqa: BLE001 - retry one by one so a bad input fails alone
+            for i, x in zip(ready, xs):
+                try:
+                    outs[i] = np.asarray(predictor({"image": x[None]})["embedding"][0], dtype=np.float32)
+                except Exception as exc:  # noqa: BLE001
+                    outs[i] = exc
+    return outs  # type: ignore[return-value]

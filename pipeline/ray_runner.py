@@ -1,0 +1,137 @@
+"""The Ray engine: one actor per worker (session opened once), a bounded number of batches in flight.
+
+Plain actors rather than Ray Data: the driver streams the listing, so a million paths are never held in
+several copies; each batch is read, decoded, predicted and written inside an actor with a per-file
+try/except (one bad file fails only its row); at most `INFLIGHT_PER_WORKER` batches per actor are queued,
+which bounds memory. This is the only module that imports ray.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+from pipeline.predictor import JobConfigError
+from pipeline.reader import Task
+from pipeline.worker import BatchWorker, WorkerSpec, failed_rows
+
+log = logging.getLogger(__name__)
+
+INFLIGHT_PER_WORKER = 2  # one batch running, one queued: the actor never waits for the driver
+# Actors ask for this fraction of their CPU share, so a busy small cluster never deadlocks on CPU
+# accounting (ENVIRONMENT.md, Ray: fully booked CPUs starve other tasks); threads use the full share.
+CPU_REQUEST_FRACTION = 0.9
+START_TIMEOUT_S = 300
+
+
+class RayWorker:
+    """A BatchWorker inside a Ray actor; tags every row with the node that produced it."""
+
+    def __init__(self, spec: WorkerSpec):
+        import ray
+
+        self.worker = BatchWorker(spec)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def describe(self) -> dict:
+        """Providers, device and node of this actor (also proves it started)."""
+        return {**self.worker.describe(), "node": self.node}
+
+    def process(self, tasks: list[Task]) -> list[dict]:
+        """BatchWorker.process, rows tagged with this node's id."""
+        rows = self.worker.process(tasks)
+        for r in rows:
+            r["node"] = self.node
+        return rows
+
+
+def connect(address: str | None) -> bool:
+    """ray.init for --address (None: $RAY_ADDRESS, else a new local instance); True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        if address not in (None, "local", "auto"):
+            log.warning("Ray is already initialised in this process: --address %s is ignored", address)
+        return False  # a caller (a test session, a flow) already connected: use that
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address == "local":
+        # address="local": a stale ray_current_cluster file would otherwise break a plain init (ENVIRONMENT.md)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
+    else:
+        ray.init(address=address, **common)
+    return True
+
+
+def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]], None],
+            workers: int | None, address: str | None) -> dict:
+    """Process batches on Ray actors; on_rows gets each batch's rows on the driver. Returns engine facts."""
+    import ray
+
+    t0 = time.perf_counter()
+    started = connect(address)
+    actors: list = []
+    try:
+        res = ray.cluster_resources()
+        cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+        if spec.device == "cuda" and gpus < 1:
+            raise JobConfigError("--device cuda but the Ray cluster has no GPU")
+        n = workers or (int(gpus) if spec.device == "cuda" else max(1, int(cpus)))
+        share = cpus / n
+        threads = max(1, int(share))
+        spec.threads = threads
+        opts = dict(num_cpus=max(0.05, round(min(share, threads) * CPU_REQUEST_FRACTION, 2)),
+                    num_gpus=(gpus / n if spec.device == "cuda" else 0), scheduling_strategy="SPREAD",
+                    max_restarts=1, max_task_retries=0)
+        actor_cls = ray.remote(RayWorker)
+        actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
+        try:
+            infos = ray.get([a.describe.remote() for a in actors], timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise JobConfigError(f"{n} workers asking {opts['num_cpus']} CPU each did not start within "
+                                 f"{START_TIMEOUT_S}s (cluster resources: {res}); try fewer --workers") from None
+        if spec.device == "cuda" and any(i["device"] != "cuda" for i in infos):
+            log.warning("CUDA was requested but some workers fell back to CPU: %s",
+                        sorted({(i["node"][:8], i["providers"][0]) for i in infos}))
+        startup = time.perf_counter() - t0
+        _pump(actors, batches, on_rows, spec)
+        return {"startup_s": round(startup, 3), "workers": n, "threads_per_worker": threads,
+                "providers": infos[0]["providers"],
+                "device": infos[0]["device"], "ray_address": ray.get_runtime_context().gcs_address,
+                "worker_nodes": sorted({i["node"] for i in infos})}
+    finally:
+        for a in actors:  # free their CPUs now, also on a cluster that outlives this job
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+
+
+def _pump(actors, batches, on_rows, spec: WorkerSpec) -> None:
+    """Keep INFLIGHT_PER_WORKER batches queued per actor, pulling new batches (and listing) only as slots free."""
+    import ray
+
+    free = deque(i for i in range(len(actors)) for _ in range(INFLIGHT_PER_WORKER))
+    inflight: dict = {}
+    exhausted = False
+    while True:
+        while free and not exhausted:
+            batch = next(batches, None)
+            if batch is None:
+                exhausted = True
+                break
+            a = free.popleft()
+            inflight[actors[a].process.remote(batch)] = (a, batch)
+        if not inflight:
+            return
+        done, _ = ray.wait(list(inflight), num_returns=1)
+        for ref in done:
+            a, batch = inflight.pop(ref)
+            try:
+                rows = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the actor died (OOM, crash): this batch fails, others go on
+                log.warning("a worker failed on a batch of %d files: %s", len(batch), str(exc).splitlines()[0])
+                rows = failed_rows(spec, batch, f"worker failed: {type(exc).__name__}")
+            on_rows(rows)
+            free.append(a)

@@ -1,0 +1,117 @@
+"""The reader: stream the input folder, plan what to do per file, read and decode images inside the workers."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from aeflow.imageio import decode_image, iter_image_paths, open_image
+
+
+@dataclass
+class Task:
+    """One input file to process (plain data: it travels to Ray actors)."""
+
+    path: str  # absolute input path
+    rel: str  # path relative to IN_DIR, '/'-separated
+    out: str | None  # output path relative to OUT_DIR (None for embed)
+    size: int
+    mtime_ns: int
+
+
+def iter_inputs(in_dir: Path, exclude: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
+    """Stream (path, stat) of the images under in_dir, skipping the `exclude` tree (OUT_DIR inside IN_DIR)."""
+    for p in iter_image_paths(in_dir):
+        if exclude is not None and (p == exclude or exclude in p.parents):
+            continue
+        try:
+            st = p.stat()
+        except OSError:  # vanished or a dangling symlink: it gets no row
+            continue
+        yield p, st
+
+
+def read_decode(path: str, channels: int = 3) -> tuple[np.ndarray, bytes | None]:
+    """Read a file and decode it (EXIF orientation, mode normalised, bombs refused); also return its ICC profile."""
+    from aeflow.imageio import ImageDecodeError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from None
+    image = decode_image(data, channels=channels)
+    icc = open_image(data).info.get("icc_profile") if data else None
+    return image, icc
+
+
+def center_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the shorter side is `size` (bicubic), then crop the centre size×size; keeps channels."""
+    from PIL import Image
+
+    h, w, c = image.shape
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    if (nh, nw) != (h, w):
+        im = Image.fromarray(image[..., 0] if c == 1 else image)
+        image = np.asarray(im.resize((nw, nh), Image.BICUBIC))
+        if image.ndim == 2:
+            image = image[..., None]
+    y0, x0 = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(image[y0:y0 + size, x0:x0 + size])
+
+
+@dataclass
+class PlanSettings:
+    """What decides, per input, whether it must be (re)done."""
+
+    job: str
+    out_format: str  # writer.OUTPUT_FORMATS; ignored for embed
+    model_sha256: str
+    overwrite: bool = False
+
+
+def plan(in_dir: Path, out_dir: Path, settings: PlanSettings, state: dict[str, dict],
+         exclude: Path | None = None) -> Iterator[Task | dict]:
+    """Stream a Task per input to do, or a finished row (skipped: done before; failed: output collision).
+
+    Done before = latest row ok/skipped, same job, model sha256, output path, input size and mtime, and
+    its output still present. Outputs claimed in this run are remembered so that two inputs mapping to one
+    output (a.png + a.jpg with --format png) give the second a failed row, never an overwrite.
+    """
+    from pipeline.manifest import DONE, make_row
+    from pipeline.writer import output_rel
+
+    claimed: dict[str, str] = {}
+    parts_exist: dict[str, bool] = {}
+    for p, st in iter_inputs(in_dir, exclude):
+        rel = p.relative_to(in_dir).as_posix()
+        out = None if settings.job == "embed" else output_rel(rel, settings.out_format)
+        base = dict(path=rel, output=out, in_bytes=st.st_size, mtime_ns=st.st_mtime_ns, job=settings.job,
+                    model_sha256=settings.model_sha256)
+        if out is not None and out in claimed:
+            yield make_row(status="failed", error=f"output {out} collides with the output of {claimed[out]}; "
+                           "rename one of them or choose another --format", **base)
+            continue
+        if out is not None:
+            claimed[out] = rel
+        prev = state.get(rel)
+        if not settings.overwrite and prev is not None and prev.get("status") in DONE \
+                and prev.get("job") == settings.job and prev.get("model_sha256") == settings.model_sha256 \
+                and prev.get("output") == out and prev.get("in_bytes") == st.st_size \
+                and prev.get("mtime_ns") == st.st_mtime_ns:
+            if out is not None:
+                present = (out_dir / out).is_file()
+            else:  # embed: the part file holding its vector must still be there
+                part = prev.get("part") or ""
+                if part not in parts_exist:
+                    parts_exist[part] = bool(part) and (out_dir / "embeddings" / part).is_file()
+                present = parts_exist[part]
+            if present:
+                row = dict(prev)
+                row.update(status="skipped", error=None, seconds=0.0, node=None)
+                yield row
+                continue
+        yield Task(path=str(p), rel=rel, out=out, size=st.st_size, mtime_ns=st.st_mtime_ns)

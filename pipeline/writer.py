@@ -1,0 +1,94 @@
+"""Output writing: paths confined to OUT_DIR, atomic image files (temp name in the target folder, then os.replace)."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+OUTPUT_FORMATS = ("same", "png", "jpg", "webp")
+_PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+               ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
+JPEG_QUALITY = 95
+# Top-level names under OUT_DIR that belong to aeflow itself; an input may not write over them.
+RESERVED = ("_aeflow", "embeddings", "index")
+
+
+class OutputPathError(ValueError):
+    """An output path that would land outside OUT_DIR (or on aeflow's own files)."""
+
+
+def output_rel(rel: str, fmt: str) -> str:
+    """Relative output path for relative input path `rel` under --format fmt ('same' keeps the suffix)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "same":
+        return rel
+    return str(PurePosixPath(rel).with_suffix("." + fmt))
+
+
+def confined_path(out_root: Path, rel: str) -> Path:
+    """OUT_DIR/rel, refusing absolute paths, '..', aeflow's reserved folders, and symlinks leading outside.
+
+    out_root must already be resolved. Parent folders are created; the resolved parent must still be
+    inside out_root (a symlinked folder inside OUT_DIR cannot redirect a write elsewhere).
+    """
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
+        raise OutputPathError(f"refusing output path {rel!r}: not a plain relative path")
+    if p.parts[0] in RESERVED:
+        raise OutputPathError(f"refusing output path {rel!r}: {p.parts[0]}/ is reserved for aeflow's own files")
+    target = out_root.joinpath(*p.parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    parent = target.parent.resolve()
+    if parent != out_root and out_root not in parent.parents:
+        raise OutputPathError(f"refusing output path {rel!r}: it resolves to {parent}, outside {out_root}")
+    return parent / target.name
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary name a file is written under before os.replace (fixed, so a rerun reuses it)."""
+    return path.with_name(f".{path.name}.aeflow.tmp")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write data to path via a temp file in the same folder and os.replace; never follows a symlinked temp."""
+    tmp = tmp_name(path)
+    if os.path.lexists(tmp):
+        os.unlink(tmp)  # left by a killed run
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def encode_image(image: np.ndarray, suffix: str, icc_profile: bytes | None = None) -> bytes:
+    """Encode uint8 HxWxC to the format named by suffix (JPEG/WebP quality 95, ICC profile kept)."""
+    from PIL import Image
+
+    fmt = _PIL_FORMAT.get(suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write {suffix!r} images")
+    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    params: dict = {}
+    if fmt in ("JPEG", "WEBP"):
+        params["quality"] = JPEG_QUALITY
+    if icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        params["icc_profile"] = icc_profile
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def write_image(out_root: Path, rel: str, image: np.ndarray, icc_profile: bytes | None = None) -> int:
+    """Encode and atomically write image to OUT_DIR/rel (confined); returns the bytes written."""
+    path = confined_path(out_root, rel)
+    data = encode_image(image, path.suffix, icc_profile)
+    write_bytes_atomic(path, data)
+    return len(data)

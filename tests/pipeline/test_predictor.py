@@ -1,0 +1,34 @@
+"""Predictor: one session, metadata, devices (no GPU here: cuda is a clean config error)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aeflow.store import ModelStore
+from pipeline.predictor import JobConfigError, ModelInfo, Predictor, resolve_device
+
+
+def test_predictor_runs_each_role(store):
+    s = ModelStore(store)
+    up = Predictor(str(s.resolve("upscale-x2").onnx_path()))
+    assert up.info.role == "image2image" and up.info.scale == 2 and up.info.halo == 1
+    assert up({"image": np.zeros((2, 5, 7, 3), np.uint8)})["output"].shape == (2, 10, 14, 3)
+    enc = Predictor(str(s.resolve("ae").onnx_path()))
+    v = enc({"image": np.full((3, 8, 8, 3), 200, np.uint8)})["embedding"]
+    assert v.shape == (3, 12) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert up.providers == ["CPUExecutionProvider"] and up.device == "cpu"
+
+
+def test_devices_without_gpu():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(JobConfigError, match="CUDAExecutionProvider"):
+        resolve_device("cuda")
+    with pytest.raises(JobConfigError):
+        resolve_device("tpu")
+
+
+def test_metadata_must_be_aeflow():
+    with pytest.raises(JobConfigError, match="aeflow.role"):
+        ModelInfo.from_metadata({})
+    assert ModelInfo.from_metadata({"aeflow.role": "encoder", "aeflow.input_size": "32"}).input_size == 32

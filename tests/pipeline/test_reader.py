@@ -1,0 +1,58 @@
+"""Reader: streamed listing, planning for resume/incremental/collisions, encoder preprocessing."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+from pipeline_models import photo, save
+
+from pipeline.reader import PlanSettings, Task, center_square, iter_inputs, plan, read_decode
+
+
+def test_listing_is_a_stream_and_excludes_out_dir(tmp_path):
+    src = tmp_path / "in"
+    save(src / "a.png", photo(8, 8))
+    save(src / "out" / "a.png", photo(8, 8))
+    it = iter_inputs(src, exclude=src / "out")
+    assert isinstance(it, types.GeneratorType)
+    assert [p.name for p, _ in it] == ["a.png"]
+
+
+def test_plan_skips_done_redoes_changed_and_flags_collisions(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.jpg", photo(8, 8))
+    save(src / "a.png", photo(8, 8))
+    save(src / "b.png", photo(8, 8))
+    save(src / "c.png", photo(8, 8))
+    save(out / "b.png", photo(8, 8))
+    save(out / "c.png", photo(8, 8))
+    st = {p.name: p.stat() for p in src.iterdir()}
+    state = {
+        "b.png": {"path": "b.png", "status": "ok", "job": "denoise", "model_sha256": "S", "output": "b.png",
+                  "in_bytes": st["b.png"].st_size, "mtime_ns": st["b.png"].st_mtime_ns},
+        "c.png": {"path": "c.png", "status": "ok", "job": "denoise", "model_sha256": "S", "output": "c.png",
+                  "in_bytes": st["c.png"].st_size, "mtime_ns": st["c.png"].st_mtime_ns - 1},  # changed since
+    }
+    items = list(plan(src, out, PlanSettings("denoise", "png", "S"), state))
+    by = {(i.rel if isinstance(i, Task) else i["path"]): i for i in items}
+    assert isinstance(by["a.jpg"], Task) and by["a.jpg"].out == "a.png"
+    assert by["a.png"]["status"] == "failed" and "collides" in by["a.png"]["error"]
+    assert by["b.png"]["status"] == "skipped"
+    assert isinstance(by["c.png"], Task)
+    # another model: everything is redone; --overwrite too
+    other = {i.rel for i in plan(src, out, PlanSettings("denoise", "png", "T"), state) if isinstance(i, Task)}
+    assert other == {"a.jpg", "b.png", "c.png"}
+    redo = [i for i in plan(src, out, PlanSettings("denoise", "png", "S", overwrite=True), state)
+            if isinstance(i, Task)]
+    assert {t.rel for t in redo} == {"a.jpg", "b.png", "c.png"}
+
+
+def test_center_square_and_decode(tmp_path):
+    img = photo(30, 60)
+    sq = center_square(img, 8)
+    assert sq.shape == (8, 8, 3) and sq.dtype == np.uint8
+    assert center_square(photo(8, 8), 8).shape == (8, 8, 3)
+    p = save(tmp_path / "g.png", img[..., 0])
+    a, icc = read_decode(str(p), 1)
+    assert a.shape == (30, 60, 1) and icc is None
+    assert center_square(a, 8).shape == (8, 8, 1)
