@@ -1,0 +1,111 @@
+"""Batch flows over a folder: denoise, upscale, embed (+ index and search); each job runs inside ONE task."""
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.report import artifact_key, job_markdown, search_markdown
+
+# Usage and configuration errors are not transient: retrying them only delays the message.
+_PERMANENT = ("UsageError", "StoreError", "ModelIntegrityError", "FileNotFoundError", "NotADirectoryError",
+              "EmbeddingsError", "ValueError", "TypeError")
+
+
+def _is_transient(task, task_run, state) -> bool:
+    """Retry condition: retry everything except usage/configuration errors."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classifying, not handling
+        return not any(cls.__name__ in _PERMANENT for cls in type(exc).__mro__)
+    return True
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_is_transient)
+def run_job_task(job: str, in_dir: str, out_dir: str, model: str, store: str | None, device: str,
+                 address: str | None, batch_size: int, workers: int | None, format: str, overwrite: bool,
+                 runner: str, tile: int) -> dict:
+    """Run one whole batch job; a retry resumes where it stopped (jobs skip files already done)."""
+    from pipeline.runner import JobConfig, run_job
+
+    cfg = JobConfig(job=job, in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
+                    address=address, batch_size=batch_size, workers=workers, format=format,
+                    overwrite=overwrite, runner=runner, tile=tile, progress=True)
+    summary = run_job(cfg)
+    summary["failures"] = failures_of(summary)
+    return summary
+
+
+def failures_of(summary: dict) -> list[dict]:
+    """The failed inputs of this run (path and error), read from its manifest."""
+    from pipeline.manifest import load_state
+
+    rows = load_state(summary["out_dir"]).values()
+    return [{"path": r["path"], "error": r.get("error")} for r in rows
+            if r.get("status") == "failed" and r.get("run") == summary.get("run")]
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_is_transient)
+def build_index_task(out_dir: str) -> dict:
+    """Build (or rebuild) the nearest-neighbour index over the embeddings in out_dir."""
+    from pipeline.index import build_index
+
+    return build_index(out_dir)
+
+
+@task(cache_policy=NO_CACHE)
+def search_task(out_dir: str, query: str, k: int, store: str | None) -> list[dict]:
+    """The k nearest stored images to a query: an image file, or the stored (relative) path of an embedded one."""
+    from pathlib import Path
+
+    from pipeline.index import search
+
+    if Path(query).is_file():
+        return search(out_dir, image=Path(query), k=k, store=Path(store) if store else None)
+    return search(out_dir, path=query, k=k, store=Path(store) if store else None)
+
+
+def _batch(job: str, in_dir: str, out_dir: str, model: str, store: str | None, device: str,
+           address: str | None, batch_size: int, workers: int | None, format: str, overwrite: bool,
+           runner: str, tile: int) -> dict:
+    summary = run_job_task(job, in_dir, out_dir, model, store, device, address, batch_size, workers, format,
+                           overwrite, runner, tile)
+    create_markdown_artifact(job_markdown(job, model, in_dir, out_dir, summary),
+                             key=f"{job}-{artifact_key(out_dir)[-40:].strip('-')}", description=f"{job} summary")
+    return summary
+
+
+@flow(name="denoise", flow_run_name="denoise-{model}", log_prints=True)
+def denoise_flow(in_dir: str, out_dir: str, model: str = "denoise", store: str | None = None, device: str = "auto",
+                 address: str | None = None, batch_size: int = 8, workers: int | None = None,
+                 format: str = "same", overwrite: bool = False, runner: str = "ray", tile: int = 512) -> dict:
+    """Denoise every image under in_dir into out_dir (incremental)."""
+    return _batch("denoise", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
+                  overwrite, runner, tile)
+
+
+@flow(name="upscale", flow_run_name="upscale-{model}", log_prints=True)
+def upscale_flow(in_dir: str, out_dir: str, model: str = "upscale-x2", store: str | None = None,
+                 device: str = "auto", address: str | None = None, batch_size: int = 8, workers: int | None = None,
+                 format: str = "same", overwrite: bool = False, runner: str = "ray", tile: int = 512) -> dict:
+    """Upscale every image under in_dir into out_dir (incremental)."""
+    return _batch("upscale", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
+                  overwrite, runner, tile)
+
+
+@flow(name="embed", flow_run_name="embed-{model}", log_prints=True)
+def embed_flow(in_dir: str, out_dir: str, model: str = "ae", store: str | None = None, device: str = "auto",
+               address: str | None = None, batch_size: int = 8, workers: int | None = None,
+               overwrite: bool = False, runner: str = "ray", index: bool = True, query: str | None = None,
+               k: int = 5) -> dict:
+    """Embed every image under in_dir, build the index and optionally search it with a query image."""
+    summary = _batch("embed", in_dir, out_dir, model, store, device, address, batch_size, workers, "same",
+                     overwrite, runner, 512)
+    result = {"job": summary}
+    if index:
+        result["index"] = build_index_task(out_dir)
+    if query:
+        hits = search_task(out_dir, query, k, store)
+        create_markdown_artifact(search_markdown(query, hits), key="embed-search", description="search")
+        result["hits"] = hits
+    return result

@@ -1,0 +1,109 @@
+"""Training flow: train -> evaluate -> export -> register -> gate -> promote, with a markdown report artifact."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.promotion import Decision, decide_promotion
+from flows.report import artifact_key, promotion_markdown
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def train_task(settings, workdir: Path):
+    """Train one model; a retry resumes from workdir/last.pt when the failed try wrote one."""
+    from models.train import train_model
+
+    last = Path(workdir) / "last.pt"
+    return train_model(settings, Path(workdir), resume=last if last.is_file() else None, progress=True)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_task(checkpoint: Path, data: str | None = None, seed: int = 0, limit: int | None = None) -> dict:
+    """Metrics of a checkpoint: on its own validation split (data None) or on every image of `data`."""
+    from models.evaluate import evaluate_model
+
+    return evaluate_model(Path(checkpoint), data=data, seed=seed, limit=limit)
+
+
+@task(cache_policy=NO_CACHE)
+def production_task(store: str | None, name: str) -> tuple[int, str] | None:
+    """(version, checkpoint path) of the current production version, or None."""
+    from aeflow.store import ModelStore
+
+    st = ModelStore(store)
+    version = st.aliases(name).get("production")
+    if version is None:
+        return None
+    return version, str(st.get(name, version).path / "checkpoint.pt")
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def register_task(settings, result, metrics: dict, store: str | None, name: str, workdir: Path):
+    """Export to ONNX, draw the pictures, write the card and register the folder as the next version."""
+    from aeflow.store import ModelStore
+    from models.build import export_model, make_card
+    from models.pictures import make_pictures
+
+    st = ModelStore(store)
+    out = Path(workdir) / "build"
+    shutil.rmtree(out, ignore_errors=True)  # a retry starts from an empty build folder
+    export = export_model(result.checkpoint, out, name, st.next_version(name))  # copies checkpoint.pt too
+    pictures = make_pictures(result.checkpoint, out, seed=settings.seed)
+    card = make_card(settings=settings, result=result, metrics=metrics, export=export, pictures=pictures)
+    return st.register(name, out, card, move=True)
+
+
+@task(cache_policy=NO_CACHE)
+def promote_task(store: str | None, name: str, version: int) -> None:
+    """Point the `production` alias at version."""
+    from aeflow.store import ModelStore
+
+    ModelStore(store).set_alias(name, "production", version)
+
+
+@flow(name="train", flow_run_name="train-{kind}", log_prints=True)
+def train_flow(kind: str, data: str = "builtin:photos", epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
+               latent_dim: int | None = None, scale: int = 2, patch_size: int = 48, steps_per_epoch: int = 100,
+               size: str = "small", limit: int | None = None, seed: int = 0, device: str = "auto",
+               patience: int = 3, sigma_min: float = 5.0, sigma_max: float = 50.0, val_fraction: float = 0.1,
+               beta: float = 1.0, store: str | None = None, name: str | None = None,
+               workdir: str | None = None, promote: bool = True) -> dict:
+    """Train a model, register it as the next version and promote it if it passes the gate."""
+    import tempfile
+
+    from models.build import default_name
+    from models.train import TrainSettings
+
+    settings = TrainSettings(kind=kind, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
+                             latent_dim=latent_dim, scale=scale, patch_size=patch_size,
+                             steps_per_epoch=steps_per_epoch, size=size, limit=limit, seed=seed,
+                             device=device, patience=patience, sigma_min=sigma_min, sigma_max=sigma_max,
+                             val_fraction=val_fraction, beta=beta)
+    name = name or default_name(kind, scale)
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"aeflow-train-{name}-"))
+    shutil.rmtree(work / "train", ignore_errors=True)  # only a failed try of THIS run may be resumed
+    result = train_task(settings, work / "train")
+    metrics = evaluate_task(result.checkpoint, seed=seed)  # the card's numbers: the run's own validation split
+    prod = production_task(store, name)
+    ref = register_task(settings, result, metrics, store, name, work)
+    gate_metrics, prod_metrics = metrics, None
+    if prod:
+        # The same evaluation data for both: the new model's data spec, every image of it.
+        gate_metrics = evaluate_task(result.checkpoint, data, seed, limit)
+        prod_metrics = evaluate_task(prod[1], data, seed, limit) if Path(prod[1]).is_file() else {}
+    decision: Decision = decide_promotion(kind, gate_metrics, prod_metrics)
+    if promote and decision.promote:
+        promote_task(store, name, ref.version)
+    promoted = bool(promote and decision.promote)
+    create_markdown_artifact(promotion_markdown(ref, decision, prod[0] if prod else None, promoted),
+                             key=f"promotion-{artifact_key(name)}", description=f"promotion gate for {ref.id}")
+    print(f"{ref.id}: {'promoted' if promoted else 'not promoted'} ({decision.reason})")
+    return {"model": ref.id, "path": str(ref.path), "kind": kind, "metrics": metrics,
+            "production_version": prod[0] if prod else None, "production_metrics": prod_metrics,
+            "gate_metrics": gate_metrics, "promoted": promoted, "reason": decision.reason,
+            "device": getattr(result, "device", None), "train_seconds": getattr(result, "seconds", None)}
+

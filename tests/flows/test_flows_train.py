@@ -1,0 +1,57 @@
+"""The training flow on a tiny denoiser against a real Prefect server: the gate refuses worse, accepts better."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY = dict(kind="denoise", epochs=1, steps_per_epoch=2, batch_size=4, patch_size=24, size="tiny", limit=3,
+            device="cpu")
+
+
+@pytest.fixture
+def fake_scores(monkeypatch):
+    """Replace evaluate_model: new checkpoints score scores['new']; stored version N scores scores[N]."""
+    import models.evaluate
+
+    scores: dict = {}
+    calls: list = []
+
+    def fake_evaluate(checkpoint, data=None, seed=0, limit=None):
+        p = Path(checkpoint)
+        key = int(p.parent.name) if p.parent.name.isdigit() else "new"
+        calls.append((key, data))
+        return {"psnr_25": scores[key], "eval_data": data}
+
+    monkeypatch.setattr(models.evaluate, "evaluate_model", fake_evaluate)
+    return scores, calls
+
+
+def test_gate_refuses_worse_and_accepts_better(prefect_api, flow_run_artifacts, fake_scores, tmp_path):
+    from aeflow.store import ModelStore
+    from flows.train import train_flow
+
+    scores, calls = fake_scores
+    store = str(tmp_path / "store")
+    results = []
+    for run, value in enumerate((20.0, 19.0, 21.0), start=1):
+        scores["new"] = value
+        state = train_flow(**TINY, store=store, workdir=str(tmp_path / f"w{run}"), return_state=True)
+        results.append(state.result())
+        scores[run] = value  # version `run` now lives in the store with this score
+        assert state.is_completed()
+        arts = flow_run_artifacts(state.state_details.flow_run_id)
+        md = "\n".join(a["data"] for a in arts if a["type"] == "markdown")
+        assert f"denoise:{run}" in md and f"{value:.4g}" in md
+        if run > 1:  # both numbers are in the artifact
+            assert f"{scores[1 if run == 2 else 1]:.4g}" in md
+    first, worse, better = results
+    assert first["promoted"] and "no production" in first["reason"]
+    assert not worse["promoted"] and worse["production_version"] == 1 and "worse" in worse["reason"]
+    assert better["promoted"] and better["production_version"] == 1
+    assert ModelStore(store).aliases("denoise") == {"production": 3, "latest": 3}
+    # production was scored on the new model's data, from the stored checkpoint
+    assert (1, "builtin:photos") in calls
+    for v in (1, 2, 3):
+        assert (Path(store) / "denoise" / str(v) / "checkpoint.pt").is_file()
+        assert (Path(store) / "denoise" / str(v) / "model.onnx").is_file()
