@@ -24,10 +24,22 @@ def iter_image_paths(root: str | os.PathLike) -> Iterator[Path]:
     Directories are walked one at a time (never the whole tree in memory); symlinked
     directories are not followed (no loops); a directory named like an image is skipped.
     """
+    for path, problem in iter_image_entries(root):
+        if problem is None:
+            yield path
+
+
+def iter_image_entries(root: str | os.PathLike) -> Iterator[tuple[Path, str | None]]:
+    """Like iter_image_paths, but also yield image-named entries that cannot be read as files, with why.
+
+    (path, None) for a regular image file; (path, problem) for a symlink loop, a dangling symlink, or
+    something that is not a regular file (FIFO, socket, device: reading a FIFO would block forever).
+    A directory named like an image is walked as a folder; a symlink to a folder is not followed.
+    """
     root = Path(root)
     if root.is_file():
         if root.suffix.lower() in IMAGE_EXTS:
-            yield root
+            yield root, None
         return
     stack = [root]
     while stack:
@@ -44,12 +56,38 @@ def iter_image_paths(root: str | os.PathLike) -> Iterator[Path]:
                 if e.is_dir(follow_symlinks=False):
                     if not e.name.startswith("."):
                         subdirs.append(Path(e.path))
-                elif e.name.lower().endswith(tuple(IMAGE_EXTS)) and e.is_file(follow_symlinks=True):
-                    yield Path(e.path)
+                    continue
             except OSError:
                 continue
+            if not e.name.lower().endswith(tuple(IMAGE_EXTS)):
+                continue
+            problem = _entry_problem(e.path)
+            if problem != "folder":
+                yield Path(e.path), problem
         # reversed so the stack pops subdirectories in sorted order
         stack.extend(reversed(subdirs))
+
+
+def _entry_problem(path: str) -> str | None:
+    """None for a regular file (symlinks followed), 'folder' for a symlinked folder, else why it is unreadable."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop: the link never reaches a file"
+        if exc.errno == errno.ENOENT:
+            return "dangling symlink: its target does not exist" if os.path.islink(path) \
+                else "file vanished before it could be read"
+        return f"cannot stat: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "folder"
+    kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+    return f"not a regular file ({kind}); refusing to read it"
 
 
 def _to_uint8_array(im) -> np.ndarray:
@@ -72,10 +110,19 @@ def _to_uint8_array(im) -> np.ndarray:
         im = im.convert("RGBA")
     elif im.mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")
-    a = np.asarray(im, dtype=np.uint8)
-    if a.ndim == 2:
-        a = a[..., None]
     assert isinstance(im, Image.Image)
+    return _pil_bands_to_array(im)
+
+
+def _pil_bands_to_array(im, band_rows: int = 512) -> np.ndarray:
+    """np.asarray(im) as uint8 HxWxC, copied band by band: a whole-image asarray goes through a full-size
+    bytes object first, one more copy of a very large image at the decode peak."""
+    w, h = im.size
+    c = len(im.getbands())
+    a = np.empty((h, w, c), np.uint8)
+    for y in range(0, h, band_rows):
+        band = np.asarray(im.crop((0, y, w, min(h, y + band_rows))), dtype=np.uint8)
+        a[y:y + band.shape[0]] = band.reshape(band.shape[0], w, c)
     return a
 
 
@@ -104,7 +151,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large, refused before decoding (decompression bomb?): {exc}") from None
+    except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"not a decodable image: {exc}") from None
     except Exception as exc:  # Pillow raises many types on garbage
         raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from None
@@ -116,6 +165,19 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
 
 def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to uint8 HxWxC (C = channels), EXIF orientation applied, modes normalised."""
+    return normalize_channels(_decode_raw(data, max_pixels), channels)
+
+
+def decode_image_alpha(data: bytes, channels: int = 3,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """decode_image, plus the alpha plane (uint8 HxW) when the file has one; the image is still composited."""
+    a = _decode_raw(data, max_pixels)
+    alpha = np.ascontiguousarray(a[..., -1]) if a.shape[2] in (2, 4) else None
+    return normalize_channels(a, channels), alpha
+
+
+def _decode_raw(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode to uint8 HxWxC with C in 1..4 (alpha kept), EXIF orientation applied (first frame)."""
     from PIL import Image, ImageOps
 
     im = open_image(data, max_pixels)
@@ -124,13 +186,13 @@ def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_P
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im)
-            a = _to_uint8_array(im)
+            # in place: the default returns a full copy even when there is nothing to rotate
+            ImageOps.exif_transpose(im, in_place=True)
+            return _to_uint8_array(im)
     except ImageDecodeError:
         raise
     except Exception as exc:  # truncated data, bad EXIF, unsupported codec...
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return normalize_channels(a, channels)
 
 
 def load_image(path: str | os.PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Per-image model logic shared by the batch worker and the online service: decode, batch or tile, embed, encode.
 
 One code path, so `aeflow api` answers with exactly the bytes the batch job writes for the same input:
-the same decode (aeflow.imageio.decode_image + the file's ICC profile), the same shape buckets and tiling
+the same decode (aeflow.imageio.decode_image_alpha + the file's ICC profile), the same shape buckets and tiling
 for image2image models, the same centre crop for encoders, the same encoder (pipeline.writer.encode_image).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image, open_image
+from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image_alpha, open_image
 from pipeline.predictor import ModelInfo, Predictor
 from pipeline.reader import center_square
 from pipeline.tiling import predict_tiled
@@ -28,15 +28,16 @@ class DecodedImage:
     format: str  # Pillow's format name of the input (JPEG, PNG, ...)
     width: int
     height: int
+    alpha: np.ndarray | None = None  # the input's alpha plane (HxW), for pipeline.writer.with_alpha
 
 
 def decode_for(data: bytes, info: ModelInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode image bytes for a model exactly as pipeline.reader.read_decode does (raises ImageDecodeError)."""
     channels = info.channels if info.role == "encoder" else 3
-    image = decode_image(data, channels=channels, max_pixels=max_pixels)
+    image, alpha = decode_image_alpha(data, channels=channels, max_pixels=max_pixels)
     header = open_image(data, max_pixels)  # header only: the ICC profile and format, as read_decode takes them
     h, w = image.shape[:2]
-    return DecodedImage(image, header.info.get("icc_profile"), header.format or "", w, h)
+    return DecodedImage(image, header.info.get("icc_profile"), header.format or "", w, h, alpha)
 
 
 def image2image(predictor: Predictor, images: list[np.ndarray], tile: int = 512,

@@ -24,6 +24,7 @@ INFLIGHT_PER_WORKER = 2  # one batch running, one queued: the actor never waits 
 # accounting (ENVIRONMENT.md, Ray: fully booked CPUs starve other tasks); threads use the full share.
 CPU_REQUEST_FRACTION = 0.9
 START_TIMEOUT_S = 300
+MAX_RESTARTS = 4  # per actor; each batch is resent at most once, so a crashing input costs two restarts
 
 
 class RayWorker:
@@ -84,7 +85,8 @@ def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[
         spec.threads = threads
         opts = dict(num_cpus=max(0.05, round(min(share, threads) * CPU_REQUEST_FRACTION, 2)),
                     num_gpus=(gpus / n if spec.device == "cuda" else 0), scheduling_strategy="SPREAD",
-                    max_restarts=1, max_task_retries=0)
+                    # a dead actor is restarted (a few times); _pump resends its batches once (see there)
+                    max_restarts=MAX_RESTARTS, max_task_retries=0)
         actor_cls = ray.remote(RayWorker)
         actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
         try:
@@ -96,8 +98,9 @@ def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[
             log.warning("CUDA was requested but some workers fell back to CPU: %s",
                         sorted({(i["node"][:8], i["providers"][0]) for i in infos}))
         startup = time.perf_counter() - t0
-        _pump(actors, batches, on_rows, spec)
+        retried = _pump(actors, batches, on_rows, spec)
         return {"startup_s": round(startup, 3), "workers": n, "threads_per_worker": threads,
+                "retried_batches": retried,
                 "providers": infos[0]["providers"],
                 "device": infos[0]["device"], "ray_address": ray.get_runtime_context().gcs_address,
                 "worker_nodes": sorted({i["node"] for i in infos})}
@@ -108,13 +111,20 @@ def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[
             ray.shutdown()
 
 
-def _pump(actors, batches, on_rows, spec: WorkerSpec) -> None:
-    """Keep INFLIGHT_PER_WORKER batches queued per actor, pulling new batches (and listing) only as slots free."""
+def _pump(actors, batches, on_rows, spec: WorkerSpec) -> int:
+    """Keep INFLIGHT_PER_WORKER batches queued per actor, pulling new batches (and listing) only as slots free.
+
+    A batch whose actor died (killed, OOM, segfault) is resent once to the same actor handle, which Ray
+    restarts (max_restarts); only a second death fails its rows. Returns how many batches were resent.
+    """
     import ray
+
+    from pipeline.writer import OutputSpaceError
 
     free = deque(i for i in range(len(actors)) for _ in range(INFLIGHT_PER_WORKER))
     inflight: dict = {}
     exhausted = False
+    retried = 0
     while True:
         while free and not exhausted:
             batch = next(batches, None)
@@ -122,16 +132,29 @@ def _pump(actors, batches, on_rows, spec: WorkerSpec) -> None:
                 exhausted = True
                 break
             a = free.popleft()
-            inflight[actors[a].process.remote(batch)] = (a, batch)
+            inflight[actors[a].process.remote(batch)] = (a, batch, 0)
         if not inflight:
-            return
+            return retried
         done, _ = ray.wait(list(inflight), num_returns=1)
         for ref in done:
-            a, batch = inflight.pop(ref)
+            a, batch, attempt = inflight.pop(ref)
             try:
                 rows = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # the actor died (OOM, crash): this batch fails, others go on
-                log.warning("a worker failed on a batch of %d files: %s", len(batch), str(exc).splitlines()[0])
-                rows = failed_rows(spec, batch, f"worker failed: {type(exc).__name__}")
+            except ray.exceptions.RayTaskError as exc:  # raised by our code inside a live actor
+                if isinstance(exc.cause, OutputSpaceError):
+                    raise OutputSpaceError(str(exc.cause)) from None
+                # BatchWorker catches per-file errors, so this is a bug: resending would fail the same way
+                log.warning("a worker raised on a batch of %d files: %s", len(batch), exc.cause)
+                rows = failed_rows(spec, batch, f"worker error: {type(exc.cause).__name__}: {exc.cause}")
+            except ray.exceptions.RayError as exc:  # the actor process died
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if attempt == 0:
+                    log.warning("a worker died on a batch of %d files (%s): resending it to the restarted "
+                                "worker", len(batch), first)
+                    retried += 1
+                    inflight[actors[a].process.remote(batch)] = (a, batch, 1)
+                    continue
+                log.warning("a worker died twice on a batch of %d files: %s", len(batch), first)
+                rows = failed_rows(spec, batch, f"worker died twice on this batch: {type(exc).__name__}")
             on_rows(rows)
             free.append(a)

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from aeflow.imageio import decode_image, iter_image_paths, open_image
+from aeflow.imageio import decode_image_alpha, iter_image_entries, open_image
 
 
 @dataclass
@@ -24,26 +24,57 @@ class Task:
 
 def iter_inputs(in_dir: Path, exclude: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
     """Stream (path, stat) of the images under in_dir, skipping the `exclude` tree (OUT_DIR inside IN_DIR)."""
-    for p in iter_image_paths(in_dir):
+    for p, st, problem in iter_listing(in_dir, exclude):
+        if problem is None:
+            yield p, st
+
+
+def iter_listing(in_dir: Path, exclude: Path | None = None) \
+        -> Iterator[tuple[Path, os.stat_result | None, str | None]]:
+    """Stream (path, stat, None) per readable image and (path, None, why) per image-named entry we cannot read."""
+    for p, problem in iter_image_entries(in_dir):
         if exclude is not None and (p == exclude or exclude in p.parents):
             continue
-        try:
-            st = p.stat()
-        except OSError:  # vanished or a dangling symlink: it gets no row
-            continue
-        yield p, st
+        if problem is None:
+            try:
+                st = p.stat()
+            except OSError as exc:  # vanished since it was listed
+                problem = f"cannot stat: {exc.strerror or exc}"
+        yield (p, st, None) if problem is None else (p, None, problem)
+
+
+def read_bytes(path: str) -> bytes:
+    """A regular file's bytes; a FIFO or device is refused without blocking (O_NONBLOCK + fstat)."""
+    import stat
+
+    from aeflow.imageio import ImageDecodeError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a FIFO/device since it was listed
+            raise ImageDecodeError("cannot read: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def read_input(path: str, channels: int = 3) -> tuple[np.ndarray, bytes | None, np.ndarray | None]:
+    """Read and decode a file: (image composited on white, ICC profile, alpha plane or None)."""
+    data = read_bytes(path)
+    image, alpha = decode_image_alpha(data, channels=channels)
+    icc = open_image(data).info.get("icc_profile") if data else None
+    return image, icc, alpha
 
 
 def read_decode(path: str, channels: int = 3) -> tuple[np.ndarray, bytes | None]:
     """Read a file and decode it (EXIF orientation, mode normalised, bombs refused); also return its ICC profile."""
-    from aeflow.imageio import ImageDecodeError
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from None
-    image = decode_image(data, channels=channels)
-    icc = open_image(data).info.get("icc_profile") if data else None
+    image, icc, _ = read_input(path, channels)
     return image, icc
 
 
@@ -86,9 +117,13 @@ def plan(in_dir: Path, out_dir: Path, settings: PlanSettings, state: dict[str, d
 
     claimed: dict[str, str] = {}
     parts_exist: dict[str, bool] = {}
-    for p, st in iter_inputs(in_dir, exclude):
+    for p, st, problem in iter_listing(in_dir, exclude):
         rel = p.relative_to(in_dir).as_posix()
         out = None if settings.job == "embed" else output_rel(rel, settings.out_format)
+        if st is None:  # a symlink loop, a FIFO...: a failed row says why (never silently left out)
+            yield make_row(status="failed", error=problem, path=rel, output=out, job=settings.job,
+                           model_sha256=settings.model_sha256)
+            continue
         base = dict(path=rel, output=out, in_bytes=st.st_size, mtime_ns=st.st_mtime_ns, job=settings.job,
                     model_sha256=settings.model_sha256)
         if out is not None and out in claimed:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
 from pipeline.predictor import DEVICES, JobConfigError, ModelInfo, resolve_device
 from pipeline.reader import PlanSettings, Task, plan
-from pipeline.writer import OUTPUT_FORMATS
+from pipeline.writer import FULL_DISK, OUTPUT_FORMATS, OutputSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,32 @@ def run_job(cfg: JobConfig) -> dict:
                 engine = run_ray(spec, batches, sink.rows, cfg.workers, cfg.address)
             else:
                 engine = _run_local(spec, batches, sink.rows)
+        except OSError as exc:
+            _raise_if_full(exc, out_dir)  # the manifest or an embeddings part hit a full disk
+            raise
         finally:
             try:
                 sink.flush()  # vectors already computed are kept, even when the job stops early
+            except OSError as exc:
+                _raise_if_full(exc, out_dir)
+                raise
             finally:
                 sink.close()
-                manifest.close()
+                try:
+                    manifest.close()
+                except OSError as exc:
+                    _raise_if_full(exc, out_dir)
+                    raise
         summary = _summary(cfg, run, in_dir, out_dir, ref, info, sink, manifest, time.perf_counter() - t0, engine)
         write_summary(out_dir, summary)
     return summary
+
+
+def _raise_if_full(exc: OSError, out_dir: Path) -> None:
+    """Turn ENOSPC/EDQUOT into the job's one clear disk-full error (exit 2); other errors pass."""
+    if exc.errno in FULL_DISK:
+        raise OutputSpaceError(f"no space left on the disk of {out_dir}: the job stopped; free some space and "
+                               "rerun the same command to resume") from None
 
 
 def _summary(cfg: JobConfig, run: str, in_dir: Path, out_dir: Path, ref, info: ModelInfo, sink: "_Sink",
@@ -168,7 +185,7 @@ def _run_local(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict
             r["node"] = "local"
         on_rows(rows)
     return {"startup_s": round(startup, 3), "workers": 1, "threads_per_worker": spec.threads,
-            "worker_nodes": ["local"], **worker.describe()}
+            "retried_batches": 0, "worker_nodes": ["local"], **worker.describe()}
 
 
 def _batches(items, size: int, sink: "_Sink") -> Iterator[list[Task]]:

@@ -7,11 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import inference
 from pipeline.manifest import make_row
 from pipeline.predictor import Predictor
-from pipeline.reader import Task, center_square, read_decode
-from pipeline.tiling import predict_tiled
-from pipeline.writer import write_image
+from pipeline.reader import Task, read_input
+from pipeline.writer import OutputSpaceError, write_image
+
+
+# Alpha: outputs are the image composited on white, exactly as `aeflow api` answers (one code path). Turning
+# this on puts the input's alpha back on PNG/WebP/TIFF outputs (pipeline.writer.with_alpha), but must be done
+# together with pipeline/serving_models.py, or the service and the batch job answer different bytes for RGBA.
+KEEP_ALPHA = False
 
 
 @dataclass
@@ -34,11 +40,17 @@ class WorkerSpec:
 @dataclass
 class _Decoded:
     task: Task
-    image: np.ndarray  # what the model gets (encoders: already S×S)
+    image: np.ndarray  # decoded, composited on white (encoders: not yet cropped; pipeline.inference crops)
     icc: bytes | None
+    alpha: np.ndarray | None  # the input's alpha plane, put back on image2image outputs that can hold it
     seconds: float
     in_w: int
     in_h: int
+
+
+def _decode(t: Task, channels: int, t0: float) -> _Decoded:
+    img, icc, alpha = read_input(t.path, channels)
+    return _Decoded(t, img, icc, alpha, time.perf_counter() - t0, img.shape[1], img.shape[0])
 
 
 def _err(exc: BaseException) -> str:
@@ -46,7 +58,10 @@ def _err(exc: BaseException) -> str:
 
 
 class BatchWorker:
-    """Holds one Predictor (session opened once) and turns a list of Tasks into manifest rows."""
+    """Holds one Predictor (session opened once) and turns a list of Tasks into manifest rows.
+
+    The model logic (buckets, tiling, encoder crop) is pipeline.inference's, shared with `aeflow api`.
+    """
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
@@ -65,88 +80,52 @@ class BatchWorker:
                         run=s.run, **fields)
 
     def process(self, tasks: list[Task]) -> list[dict]:
-        """Rows for tasks, in order; ok rows of the embed job carry a 'vector' (float32 [D]) for the driver."""
-        decoded: list[_Decoded] = []
+        """Rows for tasks, in order; ok rows of the embed job carry a 'vector' (float32 [D]) for the driver.
+
+        A full output disk raises pipeline.writer.OutputSpaceError (the job stops) instead of failing rows.
+        """
+        decoded: list[tuple[int, _Decoded]] = []
         rows: dict[int, dict] = {}
         channels = self.info.channels if self.info.role == "encoder" else 3
         for i, t in enumerate(tasks):
             t0 = time.perf_counter()
             try:
-                img, icc = read_decode(t.path, channels)
-                in_h, in_w = img.shape[:2]
-                if self.info.role == "encoder":
-                    img = center_square(img, self.info.input_size)
-                decoded.append(_Decoded(t, img, icc, time.perf_counter() - t0, in_w, in_h))
+                decoded.append((i, _decode(t, channels, t0)))
             except Exception as exc:  # noqa: BLE001 - one bad file fails only its own row
                 rows[i] = self._row(t, status="failed", error=_err(exc), seconds=time.perf_counter() - t0)
-        index = {id(t): i for i, t in enumerate(tasks)}
-        if self.info.role == "encoder":
-            for t, row in self._embed(decoded):
-                rows[index[id(t)]] = row
-        else:
-            for t, row in self._image2image(decoded):
-                rows[index[id(t)]] = row
+        if decoded:
+            t0 = time.perf_counter()
+            images = [d.image for _, d in decoded]
+            if self.info.role == "encoder":
+                outs = inference.embed(self.predictor, images)
+            else:
+                outs = inference.image2image(self.predictor, images, self.spec.tile, self.spec.batch_size)
+            share = (time.perf_counter() - t0) / len(decoded)
+            del images  # inputs are not needed any more: a very large one is freed before its output is encoded
+            for k, (i, d) in enumerate(decoded):
+                d.image = None
+                out, outs[k] = outs[k], None  # each output is freed once written
+                rows[i] = self._finish(d, out, share)
         return [rows[i] for i in range(len(tasks))]
 
-    # ---- encoders ---------------------------------------------------------------------------------
-    def _embed(self, decoded):
-        if not decoded:
-            return
+    def _finish(self, d: _Decoded, out: np.ndarray | Exception, share: float) -> dict:
         t0 = time.perf_counter()
+        size = dict(in_w=d.in_w, in_h=d.in_h)
         try:
-            vecs = self.predictor({"image": np.stack([d.image for d in decoded])})["embedding"]
-        except Exception:  # noqa: BLE001 - retry one by one so a bad input fails alone
-            vecs = None
-        share = (time.perf_counter() - t0) / len(decoded)
-        for j, d in enumerate(decoded):
-            size = dict(in_w=d.in_w, in_h=d.in_h, seconds=d.seconds + share)
-            try:
-                v = vecs[j] if vecs is not None else self.predictor({"image": d.image[None]})["embedding"][0]
-                row = self._row(d.task, status="ok", **size)
-                row["vector"] = np.asarray(v, dtype=np.float32)
-                yield d.task, row
-            except Exception as exc:  # noqa: BLE001
-                yield d.task, self._row(d.task, status="failed", error=_err(exc), **size)
-
-    # ---- image to image ---------------------------------------------------------------------------
-    def _image2image(self, decoded):
-        tile, halo, scale = self.spec.tile, self.info.halo, self.info.scale
-        # Small images are batched by exact shape (one ONNX call per shape); larger ones go tile by tile.
-        buckets: dict[tuple, list] = {}
-        for d in decoded:
-            h, w = d.image.shape[:2]
-            key = (h, w) if max(h, w) <= tile else ("tiled", id(d))
-            buckets.setdefault(key, []).append(d)
-        for key, group in buckets.items():
-            for k in range(0, len(group), self.spec.batch_size):
-                chunk = group[k:k + self.spec.batch_size]
-                t0 = time.perf_counter()
-                outs: list = [None] * len(chunk)
-                try:
-                    if key[0] == "tiled":
-                        outs[0] = predict_tiled(self._predict, chunk[0].image, tile, halo, scale, self.spec.batch_size)
-                    else:
-                        outs = list(self._predict(np.stack([d.image for d in chunk])))
-                except Exception:  # noqa: BLE001 - retried one by one below
-                    pass
-                share = (time.perf_counter() - t0) / len(chunk)
-                for d, out in zip(chunk, outs):
-                    yield d.task, self._finish(d, out, share)
-
-    def _predict(self, x: np.ndarray) -> np.ndarray:
-        return self.predictor({"image": x})["output"]
-
-    def _finish(self, d: _Decoded, out, share: float) -> dict:
-        t0 = time.perf_counter()
-        try:
-            if out is None:  # the batch failed: this image alone
-                out = predict_tiled(self._predict, d.image, self.spec.tile, self.info.halo, self.info.scale, 1)
-            nbytes = write_image(self.out_root, d.task.out, out, d.icc)
+            if isinstance(out, Exception):
+                raise out
+            if self.info.role == "encoder":
+                row = self._row(d.task, status="ok", seconds=d.seconds + share, **size)
+                row["vector"] = out
+                return row
+            nbytes = write_image(self.out_root, d.task.out, out, d.icc, d.alpha if KEEP_ALPHA else None)
+        except OutputSpaceError:
+            raise  # the disk is full: every later write would fail too, so the job stops
         except Exception as exc:  # noqa: BLE001
-            return self._row(d.task, status="failed", error=_err(exc), in_w=d.in_w, in_h=d.in_h,
+            return self._row(d.task, status="failed", error=_err(exc), **size,
                              seconds=d.seconds + share + time.perf_counter() - t0)
-        return self._row(d.task, status="ok", in_w=d.in_w, in_h=d.in_h, out_w=out.shape[1], out_h=out.shape[0],
-                         out_bytes=nbytes, seconds=d.seconds + share + time.perf_counter() - t0)
+        return self._row(d.task, status="ok", out_w=out.shape[1], out_h=out.shape[0], out_bytes=nbytes,
+                         seconds=d.seconds + share + time.perf_counter() - t0, **size)
 
 
 def failed_rows(spec: WorkerSpec, tasks: list[Task], error: str) -> list[dict]:

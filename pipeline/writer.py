@@ -1,22 +1,32 @@
 """Output writing: paths confined to OUT_DIR, atomic image files (temp name in the target folder, then os.replace)."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from aeflow.cli import UsageError
+
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp")
 _PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
                ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
 JPEG_QUALITY = 95
+# Formats that can carry an alpha channel; others (JPEG, BMP, GIF) get the image composited on white.
+ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 # Top-level names under OUT_DIR that belong to aeflow itself; an input may not write over them.
 RESERVED = ("_aeflow", "embeddings", "index")
 
 
 class OutputPathError(ValueError):
     """An output path that would land outside OUT_DIR (or on aeflow's own files)."""
+
+
+class OutputSpaceError(UsageError):
+    """OUT_DIR's disk is full (or over quota): the job stops at once; free space and rerun to resume (exit 2)."""
 
 
 def output_rel(rel: str, fmt: str) -> str:
@@ -86,9 +96,34 @@ def encode_image(image: np.ndarray, suffix: str, icc_profile: bytes | None = Non
     return buf.getvalue()
 
 
-def write_image(out_root: Path, rel: str, image: np.ndarray, icc_profile: bytes | None = None) -> int:
-    """Encode and atomically write image to OUT_DIR/rel (confined); returns the bytes written."""
-    path = confined_path(out_root, rel)
-    data = encode_image(image, path.suffix, icc_profile)
-    write_bytes_atomic(path, data)
+def with_alpha(image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """image (HxWx1|3) with the input's alpha plane appended, resized (bicubic) when the model changed the size."""
+    if alpha is None:
+        return image
+    h, w = image.shape[:2]
+    if alpha.shape != (h, w):  # upscale: the alpha plane follows the image
+        from PIL import Image
+
+        alpha = np.asarray(Image.fromarray(alpha).resize((w, h), Image.BICUBIC))
+    return np.ascontiguousarray(np.concatenate([image, alpha[..., None]], axis=2))
+
+
+def write_image(out_root: Path, rel: str, image: np.ndarray, icc_profile: bytes | None = None,
+                alpha: np.ndarray | None = None) -> int:
+    """Encode and atomically write image to OUT_DIR/rel (confined); returns the bytes written.
+
+    alpha (HxW uint8, the input's) is kept where the format can hold it. A full disk raises OutputSpaceError
+    (the temp file is removed: no partial file is ever visible).
+    """
+    try:
+        path = confined_path(out_root, rel)
+        if alpha is not None and path.suffix.lower() in ALPHA_SUFFIXES:
+            image = with_alpha(image, alpha)
+        data = encode_image(image, path.suffix, icc_profile)
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        if exc.errno in FULL_DISK:
+            raise OutputSpaceError(f"no space left on the disk of {out_root} (writing {rel}): the job stopped; "
+                                   "free some space and rerun the same command to resume") from None
+        raise
     return len(data)

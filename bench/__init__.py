@@ -1,0 +1,1 @@
+"""Benchmarks of aeflow (run as scripts: python bench/throughput.py --help)."""

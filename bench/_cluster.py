@@ -1,0 +1,129 @@
+"""Scaling check: the aeflow CLI with --address on a local Ray cluster of 1 node vs 2 nodes (1 CPU each)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench._models import BenchModel
+from bench._modes import run_cli
+
+NODE_START_TIMEOUT_S = 120
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_ports(ports: list[int]) -> list[str]:
+    names = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
+    return [x for name, p in zip(names, ports) for x in (name, str(p))]
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker.encode() in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+@contextmanager
+def local_cluster(nodes: int, log_dir: Path):
+    """(address, env) of a throwaway cluster of `nodes` nodes x 1 CPU on 127.0.0.1, free ports, own temp dir.
+
+    Torn down by the pids it started (never `ray stop`, which would stop other people's Ray on this machine).
+    """
+    ray = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths have a length limit
+    # token auth must be off (or on) alike for head, workers and driver, else Ray Data jobs hang (ENVIRONMENT.md)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    ports = _free_ports(8 + 8 * nodes)
+    gcs = ports[0]
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
+              "--disable-usage-stats", "--min-worker-port", str(ports[1]), "--max-worker-port", str(ports[1] + 40)]
+    procs = []
+    try:
+        for i in range(nodes):
+            head = ["--head", "--port", str(gcs), "--include-dashboard", "false"] if i == 0 \
+                else ["--address", f"127.0.0.1:{gcs}"]
+            own = ports[8 + 8 * i: 14 + 8 * i]
+            with open(log_dir / f"ray-node{i}.log", "wb") as log:
+                procs.append(subprocess.Popen([ray, "start", *head, *_node_ports(own), *common], env=env,
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            if i == 0:
+                _wait_port(gcs)
+        address = f"127.0.0.1:{gcs}"
+        wait = ("import ray, time; ray.init(address=%r, log_to_driver=False); t = time.time()\n"
+                "while len([n for n in ray.nodes() if n['Alive']]) < %d and time.time() - t < %d: time.sleep(0.5)\n"
+                "print(len([n for n in ray.nodes() if n['Alive']]))" % (address, nodes, NODE_START_TIMEOUT_S))
+        r = subprocess.run([sys.executable, "-c", wait], env=env, capture_output=True, text=True,
+                           timeout=NODE_START_TIMEOUT_S + 60)
+        if not r.stdout.strip().endswith(str(nodes)):
+            raise RuntimeError(f"only {r.stdout.strip() or '?'} of {nodes} Ray nodes came up; see {log_dir}/ray-node*.log")
+        yield address, env
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        for _ in range(3):
+            for pid in _pids_mentioning(temp):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.time() + NODE_START_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"the Ray head did not open port {port} in {NODE_START_TIMEOUT_S}s") from None
+            time.sleep(0.5)
+
+
+def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path) -> dict:
+    """images/s of the CLI job (default workers: one per cluster CPU) on 1 node vs 2 nodes, 1 CPU each."""
+    n = sum(1 for _ in photos.rglob("*.jpg"))
+    out: dict = {"job": bm.job, "n": n, "size": size, "runs": {}}
+    for nodes in (1, 2):
+        with local_cluster(nodes, scratch) as (address, env):
+            r = run_cli(bm, photos, scratch / f"out-scale-{nodes}", "cpu", address=address, env=env,
+                        label=f"aeflow-{nodes}node")
+        shutil.rmtree(scratch / f"out-scale-{nodes}", ignore_errors=True)
+        out["runs"][f"{nodes} node{'s' if nodes > 1 else ''}"] = {
+            "nodes": nodes, "cpus": nodes, "workers": r["workers"], "worker_nodes": r["worker_nodes"],
+            "images_per_s": r["images_per_s"], "process_images_per_s": r["process_images_per_s"],
+            "steady_images_per_s": r["steady_images_per_s"], "rows_by_node": r["rows_by_node"]}
+    one, two = out["runs"]["1 node"]["images_per_s"], out["runs"]["2 nodes"]["images_per_s"]
+    out["ratio"] = round(two / one, 3) if one else None
+    return out

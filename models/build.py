@@ -1,0 +1,141 @@
+"""Build steps shared by the CLI and the Prefect flows: export, card, and train → evaluate → pictures → export → register."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def default_name(kind: str, scale: int = 2) -> str:
+    """The store name a kind registers under by default (upscale carries its scale)."""
+    return f"upscale-x{scale}" if kind == "upscale" else kind
+
+
+def code_version() -> str:
+    """aeflow's version, plus the git commit (and '-dirty') when the code runs from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("aeflow")
+    except PackageNotFoundError:
+        v = "unknown"
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{v}+git.{sha}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return v
+
+
+def export_model(checkpoint: Path, out_dir: Path, name: str, version: int) -> dict:
+    """Export the checkpoint's model to out_dir/model.onnx (+ decoder.onnx) and copy it to out_dir/checkpoint.pt."""
+    from models.checkpoint import load_model
+    from models.export import export_onnx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = export_onnx(load_model(checkpoint), out_dir / "model.onnx", name=name, version=version)
+    if Path(checkpoint).resolve() != (out_dir / "checkpoint.pt").resolve():
+        tmp = out_dir / ".checkpoint.pt.tmp"
+        shutil.copy2(checkpoint, tmp)
+        tmp.replace(out_dir / "checkpoint.pt")
+    return result
+
+
+def make_card(*, settings, result, metrics: dict, export: dict, pictures: list[str]) -> dict:
+    """The card (see docs/architecture.md) from TrainSettings, TrainResult, metrics, export_model's dict and pictures.
+
+    The store adds name, version, created and the sha256 of each .onnx file when it registers the folder.
+    """
+    from models.evaluate import MAIN_METRIC
+
+    key, higher = MAIN_METRIC[settings.kind]
+    history = list(result.history)
+    best = min(history, key=lambda h: h["val_loss"]) if history else None
+    onnx = {k: export[k] for k in ("inputs", "outputs", "opset", "exporter", "metadata") if k in export}
+    parity = dict(export.get("parity", {}))
+    if "decoder" in export:
+        dec = export["decoder"]
+        onnx["decoder"] = {k: dec[k] for k in ("inputs", "outputs", "metadata") if k in dec}
+        parity["decoder"] = dec.get("parity", {})
+    return {
+        "kind": settings.kind,
+        "code_version": code_version(),
+        "data": dict(result.data),
+        "settings": dataclasses.asdict(settings),
+        "metrics": dict(metrics),
+        "main_metric": {"name": key, "higher_is_better": higher, "value": metrics.get(key)},
+        "parity": parity,
+        "onnx": onnx,
+        "pictures": sorted(Path(p).name for p in pictures),
+        "training": {"device": result.device, "seconds": result.seconds, "epochs": len(history),
+                     "best_epoch": best["epoch"] if best else None, "history": history},
+    }
+
+
+def _auto_resume(workdir: Path, settings, finished_ok: bool) -> Path | None:
+    """workdir/last.pt when it holds an interrupted run of exactly these settings; otherwise clear it away.
+
+    A finished run is resumed (to export and register it without training again) only if `finished_ok`.
+    """
+    last = workdir / "last.pt"
+    if not last.is_file():
+        return None
+    from models.checkpoint import load_checkpoint
+    from models.train import run_finished
+
+    try:
+        ckpt = load_checkpoint(last)
+        same = ckpt.get("settings") == dataclasses.asdict(settings)
+        usable = same and (finished_ok or not run_finished(ckpt, settings))
+    except Exception as exc:  # an unreadable leftover: start over
+        log.warning("ignoring unreadable %s: %s", last, exc)
+        usable = False
+    if usable:
+        log.info("resuming the run left in %s", workdir)
+        return last
+    log.info("starting a new run in %s (the one there has other settings or is finished)", workdir)
+    for f in ("last.pt", "best.pt"):
+        (workdir / f).unlink(missing_ok=True)
+    return None
+
+
+def build_and_register(settings, store, name: str | None = None, resume: Path | None = None,
+                       workdir: Path | None = None, promote: bool = False):
+    """Train → evaluate → pictures → export → register in `store`; returns the new ModelRef.
+
+    Default workdir: STORE/.work/NAME, removed once the model is registered. An interrupted run in the
+    workdir resumes when the same settings run again. `promote` points `production` at the new
+    version without a gate (the Prefect train flow applies the gate).
+    """
+    from models.evaluate import evaluate_model
+    from models.pictures import make_pictures
+    from models.train import train_model
+
+    name = name or default_name(settings.kind, settings.scale)
+    own_workdir = workdir is None
+    workdir = Path(workdir) if workdir is not None else Path(store.root) / ".work" / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        resume = _auto_resume(workdir, settings, finished_ok=own_workdir)
+    result = train_model(settings, workdir, resume=resume)
+    log.info("trained %s in %.0f s on %s; evaluating", name, result.seconds, result.device)
+    metrics = evaluate_model(result.checkpoint, seed=settings.seed)
+    build = workdir / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    export = export_model(result.checkpoint, build, name, store.next_version(name))
+    pictures = make_pictures(result.checkpoint, build, seed=settings.seed)
+    card = make_card(settings=settings, result=result, metrics=metrics, export=export, pictures=pictures)
+    ref = store.register(name, build, card, move=True)
+    if promote:
+        store.set_alias(name, "production", ref.version)
+    if own_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ref

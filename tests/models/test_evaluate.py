@@ -1,0 +1,80 @@
+"""Tests for models/evaluate.py and models/pictures.py on tiny trained checkpoints."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.evaluate import MAIN_METRIC, evaluate_model, is_better, y_channel
+from models.pictures import make_pictures
+from models.train import TrainSettings, train_model
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """One tiny trained checkpoint per kind: image models on a generated folder, digit models on builtin:digits."""
+    from PIL import Image
+
+    from tests.conftest import make_photo
+
+    root = tmp_path_factory.mktemp("evaldata")
+    for i in range(4):
+        Image.fromarray(make_photo(40, 48, seed=i)).save(root / f"{i}.png")
+    runs = {}
+    for kind in MAIN_METRIC:
+        if kind in ("denoise", "upscale"):
+            s = TrainSettings(kind=kind, data=str(root), epochs=1, steps_per_epoch=2, batch_size=4,
+                              patch_size=16, size="tiny", val_fraction=0.25)
+        else:
+            s = TrainSettings(kind=kind, data="builtin:digits", epochs=1, size="tiny", limit=150,
+                              latent_dim=2 if kind == "vae" else 4)
+        runs[kind] = train_model(s, root.parent / f"run-{kind}", progress=False).checkpoint
+    return runs
+
+
+@pytest.mark.parametrize("kind", list(MAIN_METRIC))
+def test_metrics_have_the_main_metric_and_are_finite(tiny_runs, kind):
+    m = evaluate_model(tiny_runs[kind])
+    key, _ = MAIN_METRIC[kind]
+    assert isinstance(m[key], float) and math.isfinite(m[key])
+    if kind == "denoise":
+        for s in (15, 25, 50):
+            for k in ("psnr", "ssim", "noisy_psnr", "noisy_ssim"):
+                assert math.isfinite(m[f"{k}_{s}"])
+        assert m["noisy_psnr_15"] > m["noisy_psnr_25"] > m["noisy_psnr_50"]  # more noise, lower PSNR
+    elif kind == "upscale":
+        assert m["psnr_gain"] == pytest.approx(m["psnr_y"] - m["bicubic_psnr_y"])
+    elif kind == "ae":
+        assert 0 <= m["knn_acc"] <= 1 and 0 <= m["pca_knn_acc"] <= 1 and m["pca_dim"] == 4
+        assert m["recon_mse"] > 0
+    else:
+        assert m["elbo"] == pytest.approx(-(m["recon"] + m["kl"]))
+        assert m["kl"] >= 0
+
+
+def test_evaluation_is_deterministic_and_accepts_other_data(tiny_runs):
+    a = evaluate_model(tiny_runs["denoise"], seed=1)
+    assert a == evaluate_model(tiny_runs["denoise"], seed=1)
+    b = evaluate_model(tiny_runs["ae"], data="builtin:digits", limit=60)
+    assert b["eval_data"] == "builtin:digits" and b["num_samples"] == 18  # 30% of 60
+
+
+def test_y_channel_and_promotion_rule():
+    img = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)
+    np.testing.assert_allclose(y_channel(img)[0], [16.0, 235.0])
+    assert is_better("denoise", {"psnr_25": 30.0}, {"psnr_25": 29.0})
+    assert not is_better("vae", {"elbo": -120.0}, {"elbo": -100.0})
+    assert is_better("ae", {"knn_acc": 0.5}, None)
+    assert not is_better("ae", {"knn_acc": None}, {"knn_acc": 0.1})
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("denoise", {"reconstructions.png", "training_curves.png"}),
+    ("vae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
+])
+def test_pictures_are_pngs(tiny_runs, tmp_path, kind, expected):
+    files = make_pictures(tiny_runs[kind], tmp_path)
+    assert {p.split("/")[-1] for p in files} == expected
+    for p in files:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,66 @@
+"""Tests for models/train.py: settings validation, a tiny run per data shape, early stopping and resume."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models.train import TrainSettings, _should_stop, train_model
+
+TINY_DIGITS = dict(data="builtin:digits", size="tiny", limit=100, batch_size=32)
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="unknown kind"):
+        TrainSettings(kind="gan")
+    with pytest.raises(ValueError, match="size"):
+        TrainSettings(kind="ae", size="huge")
+    with pytest.raises(ValueError, match="latent-dim"):
+        TrainSettings(kind="denoise", latent_dim=8)
+    with pytest.raises(ValueError, match="scale"):
+        TrainSettings(kind="upscale", scale=3)
+    with pytest.raises(ValueError, match="multiple of scale"):
+        TrainSettings(kind="upscale", scale=4, patch_size=18)
+    with pytest.raises(TypeError):
+        TrainSettings(kind="ae", epoch=3)  # a misspelled setting is an error, not ignored
+
+
+def test_early_stopping_rule():
+    assert not _should_stop(0, 3)
+    assert not _should_stop(2, 3)
+    assert _should_stop(3, 3)
+    assert _should_stop(1, 0) and not _should_stop(0, 0)
+
+
+def test_patch_training_writes_best_and_last(photo_dir, tmp_path):
+    s = TrainSettings(kind="upscale", data=str(photo_dir), epochs=1, steps_per_epoch=2, batch_size=4,
+                      patch_size=16, size="tiny", val_fraction=0.3)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        r = train_model(s, tmp_path / "w", progress=False)
+    assert r.checkpoint.is_file() and r.last_checkpoint.is_file() and r.device == "cpu"
+    assert len(r.history) == 1 and math.isfinite(r.history[0]["val_loss"])
+    assert r.data["split"]["by"] == "image" and r.data["num_images"] == 5
+
+
+def test_resume_continues_at_the_next_epoch(tmp_path):
+    from models.checkpoint import load_checkpoint
+
+    first = train_model(TrainSettings(kind="ae", epochs=1, latent_dim=4, **TINY_DIGITS), tmp_path / "a",
+                        progress=False)
+    assert [h["epoch"] for h in first.history] == [1]
+    ck1 = load_checkpoint(first.last_checkpoint)
+    again = train_model(TrainSettings(kind="ae", epochs=3, latent_dim=4, **TINY_DIGITS), tmp_path / "b",
+                        resume=first.last_checkpoint, progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
+    assert again.history[0] == first.history[0]  # the first epoch is carried over, not redone
+    ck = load_checkpoint(again.last_checkpoint)
+    assert ck["epoch"] == 3 and ck["optimizer"]["state"]  # Adam moments travelled with the run
+    assert ck1["optimizer"]["state"]
+    with pytest.raises(ValueError, match="cannot resume"):
+        train_model(TrainSettings(kind="vae", epochs=2, **TINY_DIGITS), tmp_path / "c",
+                    resume=first.last_checkpoint, progress=False)
+
+
+def test_vae_loss_decreases_on_digits(tmp_path):
+    r = train_model(TrainSettings(kind="vae", epochs=2, lr=3e-3, **TINY_DIGITS), tmp_path, progress=False)
+    assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
