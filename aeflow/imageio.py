@@ -153,8 +153,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large, refused before decoding (decompression bomb?): {exc}") from None
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"not a decodable image: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not a decodable image: no known image format (starts with {data[:8]!r})") from None
     except Exception as exc:  # Pillow raises many types on garbage
         raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from None
     w, h = im.size

@@ -111,6 +111,22 @@ def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[
             ray.shutdown()
 
 
+def _await_restart(actor, timeout_s: float = START_TIMEOUT_S) -> bool:
+    """Wait until Ray has restarted a dead actor (a call sent while it restarts fails at once); False if gone."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.describe.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return True
+        except ray.exceptions.ActorUnavailableError:  # still restarting
+            time.sleep(0.2)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):  # restarts used up, or stuck
+            return False
+    return False
+
+
 def _pump(actors, batches, on_rows, spec: WorkerSpec) -> int:
     """Keep INFLIGHT_PER_WORKER batches queued per actor, pulling new batches (and listing) only as slots free.
 
@@ -148,13 +164,14 @@ def _pump(actors, batches, on_rows, spec: WorkerSpec) -> int:
                 rows = failed_rows(spec, batch, f"worker error: {type(exc.cause).__name__}: {exc.cause}")
             except ray.exceptions.RayError as exc:  # the actor process died
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if attempt == 0:
-                    log.warning("a worker died on a batch of %d files (%s): resending it to the restarted "
-                                "worker", len(batch), first)
+                if attempt == 0 and _await_restart(actors[a]):
+                    log.warning("a worker died on a batch of %d files (%s): resent to the restarted worker",
+                                len(batch), first)
                     retried += 1
                     inflight[actors[a].process.remote(batch)] = (a, batch, 1)
                     continue
-                log.warning("a worker died twice on a batch of %d files: %s", len(batch), first)
-                rows = failed_rows(spec, batch, f"worker died twice on this batch: {type(exc).__name__}")
+                why = "died twice on this batch" if attempt else "died and could not be restarted"
+                log.warning("a worker %s (%d files): %s", why, len(batch), first)
+                rows = failed_rows(spec, batch, f"worker {why}: {type(exc).__name__}")
             on_rows(rows)
             free.append(a)

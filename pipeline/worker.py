@@ -40,7 +40,7 @@ class WorkerSpec:
 @dataclass
 class _Decoded:
     task: Task
-    image: np.ndarray  # decoded, composited on white (encoders: not yet cropped; pipeline.inference crops)
+    image: np.ndarray | None  # composited on white (encoders: uncropped); None once predicted (frees memory)
     icc: bytes | None
     alpha: np.ndarray | None  # the input's alpha plane, put back on image2image outputs that can hold it
     seconds: float

@@ -88,7 +88,8 @@ def write_bad_inputs(d: Path) -> Path:
     rgba[:, :8, 3] = 0  # a fully transparent left band
     Image.fromarray(rgba).save(d / "rgba.png")
     Image.fromarray(photo[..., 0]).save(d / "grey.png")
-    Image.fromarray(np.dstack([photo[..., 0], np.full(photo.shape[:2], 128, np.uint8)]), "LA").save(d / "grey_alpha.png")
+    grey_alpha = np.dstack([photo[..., 0], np.full(photo.shape[:2], 128, np.uint8)])
+    Image.fromarray(grey_alpha, "LA").save(d / "grey_alpha.png")
     exif_rotated_jpeg(d / "exif_rotated.jpg")
     animated_gif(d / "animated.gif")
     Image.fromarray(photo[:1, :1]).save(d / "one_pixel.png")

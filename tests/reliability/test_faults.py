@@ -1,7 +1,7 @@
 """Faults (issue 7): a Ray worker killed mid-job, a full output disk, a corrupted or swapped model file.
 
-The driver killed mid-job and rerun is tests/pipeline/test_process.py::test_killed_driver_resumes_without_loss_or_duplicates;
-a transient Prefect task failure is test_prefect_retry.py.
+The driver killed mid-job and rerun: tests/pipeline/test_process.py (test_killed_driver_resumes_without_loss_or_
+duplicates); a transient Prefect task failure: test_prefect_retry.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -91,14 +90,18 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def test_full_disk_stops_early_with_a_clear_error_then_rerun_completes(store, small_disk, tmp_path, capsys):
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_full_disk_stops_early_with_a_clear_error_then_rerun_completes(store, small_disk, tmp_path, capsys, runner,
+                                                                       request):
+    if runner == "ray":
+        request.getfixturevalue("ray_session")  # the session's Ray: the error comes back from an actor
     n = 40
     src = _photos(tmp_path / "in", n, 64)
     out = small_disk / "out"
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (1024 - 128) * 1024)  # leaves ~128 KiB: room for a few outputs only
-    args = ["denoise", str(src), str(out), "--model", "denoise-cnn", "--store", str(store), "--runner", "local",
-            "--batch-size", "4", "--no-progress"]
+    args = ["denoise", str(src), str(out), "--model", "denoise-cnn", "--store", str(store), "--runner", runner,
+            "--workers", "2", "--batch-size", "4", "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no space left on the disk of" in err and "rerun the same command to resume" in err
@@ -106,7 +109,8 @@ def test_full_disk_stops_early_with_a_clear_error_then_rerun_completes(store, sm
     assert 0 < len(written) < n  # it stopped early ...
     rows = list(iter_rows(out))
     assert not [r for r in rows if r["status"] == "failed"]  # ... rather than failing every remaining file
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no partial file left
+    if runner == "local":  # (on Ray, the other actor is killed when the job stops: it may leave a hidden temp)
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no partial file left
     for p in written:  # every visible output is complete
         with Image.open(p) as im:
             im.load()
@@ -119,7 +123,7 @@ def test_full_disk_stops_early_with_a_clear_error_then_rerun_completes(store, sm
     assert len(state) == n and {r["status"] for r in state.values()} <= {"ok", "skipped"}
     ok = collections.Counter(r["path"] for r in iter_rows(out) if r["status"] == "ok")
     assert set(ok.values()) == {1}  # each input written once in the record
-    assert len(list(out.glob("*.png"))) == n
+    assert len(list(out.glob("*.png"))) == n and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """Security (issue 7): nothing is written outside OUT_DIR, models load only with a matching sha256 card,
 nothing untrusted is unpickled, servers bind 127.0.0.1.
 
-Also covered elsewhere: compose ports bind 127.0.0.1 (tests/test_compose.py::test_published_ports_bind_localhost_only);
-the API bounds request bytes and pixels (tests/serving/test_serving_api.py::test_bad_input_is_refused_and_service_keeps_answering);
-a tampered or card-less model: test_faults.py.
+Also covered elsewhere: compose ports bind 127.0.0.1 (tests/test_compose.py, test_published_ports_bind_
+localhost_only); the API bounds request bytes and pixels (tests/serving/test_serving_api.py, test_bad_input_is_
+refused_and_service_keeps_answering); a tampered or card-less model: test_faults.py.
 """
 from __future__ import annotations
 
