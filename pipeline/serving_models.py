@@ -12,7 +12,7 @@ from ray import serve  # this module is only imported where Serve runs
 
 from aeflow.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
 from pipeline import inference
-from pipeline.writer import encode_image
+from pipeline.writer import ALPHA_SUFFIXES, encode_image, with_alpha
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ class ModelServer:
         if self.cfg.kind in ("denoise", "upscale"):
             fmt = out_format or dec.format
             suffix = inference.SUFFIX_OF_FORMAT.get(fmt, ".png")  # unknown input formats answer PNG
+            if suffix in ALPHA_SUFFIXES:  # the input's transparency comes back, as in the batch job
+                out = with_alpha(out, dec.alpha)
             try:
                 res["body"] = await loop.run_in_executor(None, encode_image, out, suffix, dec.icc)
             except Exception as exc:  # noqa: BLE001 - e.g. a mode the asked-for format cannot hold

@@ -14,10 +14,10 @@ from pipeline.reader import Task, read_input
 from pipeline.writer import OutputSpaceError, write_image
 
 
-# Alpha: outputs are the image composited on white, exactly as `aeflow api` answers (one code path). Turning
-# this on puts the input's alpha back on PNG/WebP/TIFF outputs (pipeline.writer.with_alpha), but must be done
-# together with pipeline/serving_models.py, or the service and the batch job answer different bytes for RGBA.
-KEEP_ALPHA = False
+# Alpha: the model sees the image composited on white; the input's alpha plane is put back on PNG/WebP/TIFF
+# outputs (pipeline.writer.with_alpha), as `aeflow api` does (pipeline/serving_models.py), so both answer the
+# same bytes. JPEG outputs stay composited on white.
+KEEP_ALPHA = True
 
 
 @dataclass

@@ -117,12 +117,17 @@ def test_cmyk_jpeg_becomes_rgb(run):
 
 
 @pytest.mark.parametrize("rel", ["rgba.png", "palette_transparent.png", "grey_alpha.png"])
-def test_alpha_is_composited_on_white_and_dropped(run, rel):
+def test_alpha_is_kept_and_colour_composited_on_white(run, rel):
     with Image.open(run.out / rel) as im:
-        assert im.mode == "RGB"  # outputs keep no alpha (docs/reliability.md, 'Alpha')
+        assert im.mode == "RGBA"  # the input's transparency comes back (docs/reliability.md, 'Alpha')
+        alpha_out = np.asarray(im)[..., 3]
+    src = run.out.parent / "in" / rel
+    with Image.open(src) as im:
+        alpha_in = np.asarray(im.convert("RGBA"))[..., 3]
+    np.testing.assert_array_equal(alpha_out, alpha_in)
     if rel == "rgba.png":
         band = run.ok(rel)[2:-2, 2:5]  # inside the transparent band, out of the blur's reach of the borders
-        assert band.min() >= 250
+        assert band.min() >= 250  # the model saw the image composited on white
 
 
 def test_grey_input_gives_grey_rgb_output(run):
