@@ -41,12 +41,27 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """One temporary Prefect server for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """The session's one Prefect backend: a real `prefect server start` on a free 127.0.0.1 port (SQLite).
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    Every test that runs a flow in this process points its client at it (`prefect_api`): mixing it with
+    Prefect's temporary server in one process leaves the events client on a stale server, and task runs,
+    which Prefect 3 records through events, go missing.
+    """
+    from flows.server import LocalPrefectServer
+
+    srv = LocalPrefectServer(tmp_path_factory.mktemp("prefect-server")).start(timeout=180)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def prefect_api(prefect_server):
+    """Point this process's Prefect client at the session server for one test."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        yield prefect_server
 
 
 def make_photo(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:

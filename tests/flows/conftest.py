@@ -1,37 +1,10 @@
-"""Fixtures of the flow tests: one real `prefect server start` per session, and a test-sized demo run on it."""
+"""Fixtures of the flow tests: artifacts read over REST, and a test-sized demo run on the session's Prefect server."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
-
-
-def shared_prefect_server(config, tmp_path_factory):
-    """The session's one local Prefect server (started on first use, stopped when pytest ends)."""
-    from flows.server import LocalPrefectServer
-
-    srv = getattr(config, "_aeflow_prefect_server", None)
-    if srv is None:
-        srv = LocalPrefectServer(tmp_path_factory.mktemp("prefect-server")).start(timeout=180)
-        config._aeflow_prefect_server = srv
-        config.add_cleanup(srv.stop)
-    return srv
-
-
-@pytest.fixture(scope="session")
-def prefect_server(request, tmp_path_factory):
-    """A real Prefect server on a free 127.0.0.1 port (SQLite), shared by every test that needs schedules."""
-    return shared_prefect_server(request.config, tmp_path_factory)
-
-
-@pytest.fixture
-def prefect_api(prefect_server):
-    """Point this process's Prefect client at the session server for one test."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
-        yield prefect_server
 
 
 @pytest.fixture

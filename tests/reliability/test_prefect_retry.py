@@ -8,7 +8,7 @@ from PIL import Image
 from tests.conftest import make_photo
 
 
-def test_transient_task_failure_is_retried_and_shown(prefect_harness, store, tmp_path, monkeypatch):
+def test_transient_task_failure_is_retried_and_shown(prefect_api, store, tmp_path, monkeypatch):
     import flows.batch
     import pipeline.runner
     from prefect.client.orchestration import get_client
