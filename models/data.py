@@ -48,7 +48,7 @@ class ArrayData:
     description: dict = field(default_factory=dict)
 
 
-def _skimage_photo(name: str) -> np.ndarray:
+def skimage_photo(name: str) -> np.ndarray:
     """One scikit-image sample as uint8 HxWx3; refuses reserved images."""
     if f"skimage:{name}" in RESERVED:
         raise ValueError(f"skimage:{name} is reserved for independent evaluation and must not be loaded")
@@ -169,7 +169,7 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
     if kind in PATCH_KINDS:
         if spec == "builtin:photos":
             names = list(BUILTIN_PHOTOS[:limit] if limit else BUILTIN_PHOTOS)
-            images = [_skimage_photo(n) for n in names]
+            images = [skimage_photo(n) for n in names]
             names = [f"skimage:{n}" for n in names]
             desc, dhash = f"scikit-image sample photos: {', '.join(names)}", _hash_arrays(images)
         elif is_builtin:
@@ -197,7 +197,7 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
             x = np.repeat(x, 3, axis=3)
     else:
         if spec == "builtin:photos":
-            imgs = [_skimage_photo(n) for n in BUILTIN_PHOTOS[:limit]]
+            imgs = [skimage_photo(n) for n in BUILTIN_PHOTOS[:limit]]
             imgs = [np.asarray(a if channels == 3 else a[..., :1]) for a in imgs]
             y, desc, dhash = None, "scikit-image sample photos", _hash_arrays(imgs)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data import (BUILTIN_PHOTOS, RESERVED, ArrayData, DataError, PatchData, _skimage_photo, add_noise,
+from models.data import (BUILTIN_PHOTOS, RESERVED, ArrayData, DataError, PatchData, skimage_photo, add_noise,
                          bicubic_down, degrade, resolve_data, sample_patches)
 
 
@@ -85,7 +85,7 @@ def test_builtin_photos_never_load_reserved_images(monkeypatch):
     assert not names & RESERVED
     assert all(im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8 for im in ds.train + ds.val)
     with pytest.raises(ValueError, match="reserved"):
-        _skimage_photo("chelsea")
+        skimage_photo("chelsea")
 
 
 def test_patches_are_augmented_crops_and_pad_small_images():
