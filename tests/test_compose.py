@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = {"postgres", "prefect-server", "ray-head", "ray-worker", "aeflow-serve"}
+SERVICES = {"postgres", "prefect-server", "ray-head", "ray-worker", "aeflow-serve", "aeflow-api"}
 
 
 @pytest.fixture(scope="module")

@@ -44,19 +44,6 @@ def _process(cmd: list[str], log: Path, env: dict | None = None, grace: float = 
                     continue
 
 
-@pytest.fixture(scope="session")
-def prefect_server(request, tmp_path_factory):
-    """The session's one `prefect server start` (shared with tests/flows through the pytest config)."""
-    from flows.server import LocalPrefectServer
-
-    srv = getattr(request.config, "_aeflow_prefect_server", None)
-    if srv is None:
-        srv = LocalPrefectServer(tmp_path_factory.mktemp("prefect-server")).start(timeout=180)
-        request.config._aeflow_prefect_server = srv
-        request.config.add_cleanup(srv.stop)
-    return srv
-
-
 def test_prefect_server_is_healthy_on_localhost(prefect_server):
     assert prefect_server.api_url.startswith("http://127.0.0.1:")
     assert httpx.get(f"{prefect_server.api_url}/health", timeout=10).json() is True
@@ -148,3 +135,38 @@ def test_serve_registers_its_deployments(prefect_server, tmp_path):
         d = found[name]
         limit = d.get("concurrency_limit") or (d.get("global_concurrency_limit") or {}).get("limit")
         assert limit == 1, (name, d)
+
+
+def test_api_answers_health_models_and_a_denoise_request(tmp_path):
+    """The aeflow-api service's command (`aeflow api`), over a store of tiny torch-free models."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.serving.helpers import pipeline_models
+
+    models = pipeline_models()
+    store = models.build_store(tmp_path / "store")
+    port = _free_port()
+    cmd = [str(BIN / "aeflow"), "api", "--host", "127.0.0.1", "--port", str(port), "--store", str(store),
+           "--denoise-model", "denoise", "--device", "cpu", "--replica-cpus", "0.1"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ADDRESS="")
+    log = tmp_path / "api.log"
+    url = f"http://127.0.0.1:{port}"
+    with _process(cmd, log, env) as p:
+        deadline, healthy = time.monotonic() + 180, False
+        while not healthy and time.monotonic() < deadline:
+            assert p.poll() is None, log.read_text()[-3000:]
+            try:
+                healthy = httpx.get(f"{url}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert healthy, log.read_text()[-3000:]
+        assert "denoise" in httpx.get(f"{url}/models", timeout=10).text
+        buf = io.BytesIO()
+        Image.fromarray(models.photo(24, 32, seed=3)).save(buf, format="PNG")
+        r = httpx.post(f"{url}/denoise", content=buf.getvalue(), timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-aeflow-model"].startswith("denoise:")
+        assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (24, 32, 3)
