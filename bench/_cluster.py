@@ -74,7 +74,7 @@ def local_cluster(nodes: int, log_dir: Path):
                 procs.append(subprocess.Popen([ray, "start", *head, *_node_ports(own), *common], env=env,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             if i == 0:
-                _wait_port(gcs)
+                _wait_port(gcs, procs[0], log_dir / "ray-node0.log")
         address = f"127.0.0.1:{gcs}"
         wait = ("import ray, time; ray.init(address=%r, log_to_driver=False); t = time.time()\n"
                 "while len([n for n in ray.nodes() if n['Alive']]) < %d and time.time() - t < %d: time.sleep(0.5)\n"
@@ -99,24 +99,28 @@ def local_cluster(nodes: int, log_dir: Path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _wait_port(port: int) -> None:
+def _wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.time() + NODE_START_TIMEOUT_S
     while True:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+            raise RuntimeError(f"`ray start --head` exited {proc.returncode}: {tail}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             if time.time() > deadline:
-                raise RuntimeError(f"the Ray head did not open port {port} in {NODE_START_TIMEOUT_S}s") from None
+                raise RuntimeError(f"the Ray head did not open port {port} in {NODE_START_TIMEOUT_S}s; "
+                                   f"see {log}") from None
             time.sleep(0.5)
 
 
-def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path) -> dict:
+def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path, logs: Path) -> dict:
     """images/s of the CLI job (default workers: one per cluster CPU) on 1 node vs 2 nodes, 1 CPU each."""
     n = sum(1 for _ in photos.rglob("*.jpg"))
     out: dict = {"job": bm.job, "n": n, "size": size, "runs": {}}
     for nodes in (1, 2):
-        with local_cluster(nodes, scratch) as (address, env):
+        with local_cluster(nodes, logs) as (address, env):
             r = run_cli(bm, photos, scratch / f"out-scale-{nodes}", "cpu", address=address, env=env,
                         label=f"aeflow-{nodes}node")
         shutil.rmtree(scratch / f"out-scale-{nodes}", ignore_errors=True)

@@ -83,27 +83,42 @@ def run_aeflow_local(bm: BenchModel, in_dir: Path, out_dir: Path, device: str) -
     import pipeline.worker as worker
     import pipeline.writer as writer
 
+    try:
+        import pipeline.inference as inference
+    except ImportError:
+        inference = None
+
     shutil.rmtree(out_dir, ignore_errors=True)
     st = Stages()
     ex = _Exclusive(st)
+    # aeflow's functions per stage; the pipeline's internals move, so a name that is not there is skipped
+    # (and listed in the result) rather than failing the bench
+    targets = (
+        (reader, "iter_listing", ex.gen, "list"), (reader, "iter_inputs", ex.gen, "list"),  # walk + stat
+        (worker, "_decode", ex.fn, "read"), (worker, "read_decode", ex.fn, "read"),  # exclusive: the rest
+        (reader, "read_bytes", ex.fn, "read"),
+        (reader, "decode_image_alpha", ex.fn, "decode"), (reader, "decode_image", ex.fn, "decode"),
+        (reader, "open_image", ex.fn, "decode"),  # the second open of the bytes, for the ICC profile
+        (inference, "center_square", ex.fn, "decode"), (worker, "center_square", ex.fn, "decode"),  # encoders
+        (predictor.Predictor, "__call__", ex.fn, "infer"),
+        (writer, "with_alpha", ex.fn, "encode"), (writer, "encode_image", ex.fn, "encode"),
+        (writer, "write_bytes_atomic", ex.fn, "write"), (writer, "confined_path", ex.fn, "write"),
+        (runner._Sink, "flush", ex.fn, "write"),  # embed: parquet parts
+        (manifest.ManifestWriter, "write", ex.fn, "manifest"))
+    timed, missing = [], []
     with ExitStack() as stack:
-        for obj, attr, wrap in (
-                (reader, "iter_inputs", ex.gen("list")),  # walk + stat, streamed while batches run
-                (worker, "read_decode", ex.fn("read")),  # exclusive time: the file read itself
-                (reader, "decode_image", ex.fn("decode")),
-                (reader, "open_image", ex.fn("decode")),  # read_decode opens the bytes a second time for the ICC
-                (worker, "center_square", ex.fn("decode")),  # encoders: resize + centre crop
-                (predictor.Predictor, "__call__", ex.fn("infer")),
-                (writer, "encode_image", ex.fn("encode")),
-                (writer, "write_bytes_atomic", ex.fn("write")),
-                (writer, "confined_path", ex.fn("write")),  # mkdir + resolve per file
-                (runner._Sink, "flush", ex.fn("write")),  # embed: parquet parts
-                (manifest.ManifestWriter, "write", ex.fn("manifest"))):
-            stack.enter_context(_patched(obj, attr, wrap))
+        for obj, attr, factory, stage in targets:
+            name = f"{getattr(obj, '__name__', obj)}.{attr}"
+            if obj is None or not callable(getattr(obj, attr, None)):
+                missing.append(name)
+                continue
+            stack.enter_context(_patched(obj, attr, factory(stage)))
+            timed.append(f"{name}:{stage}")
         cfg = runner.JobConfig(job=bm.job, in_dir=in_dir, out_dir=out_dir, model=bm.spec, store=bm.store,
                                device=device, runner="local", progress=False)
         t0 = time.perf_counter()
         summary = runner.run_job(cfg)
         wall = time.perf_counter() - t0
     return _result("aeflow-local", summary["counts"]["ok"], wall, st, job_wall_s=summary["wall_s"],
-                   threads=summary.get("threads_per_worker"), device=summary.get("device"))
+                   threads=summary.get("threads_per_worker"), device=summary.get("device"),
+                   timed=timed, not_found=missing)

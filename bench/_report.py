@@ -97,5 +97,7 @@ def markdown(r: dict) -> str:
                 for k, v in sc["runs"].items()]
         lines += _table(["cluster", "nodes", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)"], rows)
         lines += ["", f"2 nodes / 1 node: {_f(sc.get('ratio'), 2)}"]
+    if r.get("scaling_error"):
+        lines += ["", f"Scaling: not measured ({r['scaling_error'].splitlines()[0]})"]
     lines += ["", f"Bench wall time {r.get('bench_seconds')} s."]
     return "\n".join(lines)

@@ -153,8 +153,10 @@ def run(cfg: BenchConfig) -> dict:
                         shutil.rmtree(out_dir, ignore_errors=True)
                 _ratios(row)
                 report["results"].append(row)
+                _checkpoint(cfg, report)
         if cfg.memory:
             report["memory"] = _memory(cfg, models, scratch, device, make_photos, replicate)
+            _checkpoint(cfg, report)
         if cfg.model_only:
             from bench._model_only import model_only
 
@@ -166,13 +168,25 @@ def run(cfg: BenchConfig) -> dict:
             job = "denoise" if "denoise" in models else cfg.jobs[0]
             _say(f"scaling: {job} on 1 node x 1 CPU vs 2 nodes x 1 CPU")
             photos = make_photos(cfg.work, cfg.scaling_n, cfg.scaling_size)
-            report["scaling"] = scaling(models[job], photos, cfg.scaling_size, scratch)
+            logs = cfg.work / "logs"  # outside the scratch folder: kept for a post-mortem
+            logs.mkdir(exist_ok=True)
+            try:
+                report["scaling"] = scaling(models[job], photos, cfg.scaling_size, scratch, logs)
+            except RuntimeError as exc:  # an optional section: record why, keep the rest of the report
+                _say(f"scaling failed: {exc}")
+                report["scaling_error"] = str(exc)
     finally:
         if not cfg.keep_outputs:
             shutil.rmtree(scratch, ignore_errors=True)
     report["machine"]["loadavg_end"] = os.getloadavg()
     report["bench_seconds"] = round(time.perf_counter() - t_start, 1)
     return report
+
+
+def _checkpoint(cfg: BenchConfig, report: dict) -> None:
+    """Write what is measured so far (a later section that fails or is interrupted loses nothing)."""
+    if cfg.out:
+        write_json(cfg.out, report)
 
 
 def _memory(cfg: BenchConfig, models: dict, scratch: Path, device: str, make_photos, replicate) -> dict:
