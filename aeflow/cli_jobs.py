@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from aeflow.cli import UsageError
+from pipeline.defaults import DEFAULT_BATCH_SIZE
 
 _JOB_HELP = {
     "denoise": "denoise every image under IN_DIR into OUT_DIR (same tree)",
@@ -33,7 +34,8 @@ def add_commands(sub) -> None:
                        help="Ray: 'local' (default; or $RAY_ADDRESS when set), 'auto', or HOST:PORT of a cluster")
         p.add_argument("--runner", choices=("ray", "local"), default="ray",
                        help="ray (default) or local: one process, no cluster (debugging)")
-        p.add_argument("--batch-size", type=_positive, default=8)
+        p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE[job],
+                       help="inputs per batch (default %(default)s for this job)")
         p.add_argument("--workers", type=_positive, default=None,
                        help="Ray actors (default: one per CPU, or per GPU with --device cuda)")
         p.add_argument("--tile", type=_positive, default=512,

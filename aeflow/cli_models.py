@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aeflow.cli import UsageError
 
-_CHOICES = {"size": ("tiny", "small", "base"), "device": ("auto", "cpu", "cuda"), "scale": (2, 4)}
+_CHOICES = {"size": ("tiny", "small", "base"), "device": ("auto", "cpu", "cuda"), "scale": (2, 4),
+            "lr_schedule": ("constant", "cosine")}
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 _HELP = {
     "data": "a folder of images, builtin:photos, builtin:mnist or builtin:digits",
@@ -18,6 +19,8 @@ _HELP = {
     "patience": "epochs without a better validation loss before stopping",
     "steps_per_epoch": "batches per epoch (image models)", "size": "model size preset",
     "limit": "use at most this many images or samples", "beta": "weight of the KL term (vae, conv-vae)",
+    "synthetic": "denoise/upscale: add this many generated dead-leaves images to the training split",
+    "lr_schedule": "constant, or cosine decay to 0 over all epochs",
 }
 
 

@@ -163,21 +163,50 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     return im
 
 
-def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes to uint8 HxWxC (C = channels), EXIF orientation applied, modes normalised."""
-    return normalize_channels(_decode_raw(data, max_pixels), channels)
+def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int | None = None) -> np.ndarray:
+    """Decode image bytes to uint8 HxWxC (C = channels), EXIF applied, modes normalised; min_side: see _decode_raw."""
+    return normalize_channels(_decode_raw(data, max_pixels, min_side, channels), channels)
 
 
-def decode_image_alpha(data: bytes, channels: int = 3,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image_alpha(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       min_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """decode_image, plus the alpha plane (uint8 HxW) when the file has one; the image is still composited."""
-    a = _decode_raw(data, max_pixels)
+    a = _decode_raw(data, max_pixels, min_side, channels)
     alpha = np.ascontiguousarray(a[..., -1]) if a.shape[2] in (2, 4) else None
     return normalize_channels(a, channels), alpha
 
 
-def _decode_raw(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode to uint8 HxWxC with C in 1..4 (alpha kept), EXIF orientation applied (first frame)."""
+def display_size(im) -> tuple[int, int]:
+    """(width, height) of an opened, not yet drafted image as decoding shows it: EXIF orientation applied."""
+    w, h = im.size
+    # the same tag ImageOps.exif_transpose reads; 5..8 are the transposes and quarter turns
+    return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def _draft(im, min_side: int, channels: int) -> None:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT domain), both sides still >= 2 * min_side.
+
+    For inputs that are only shrunk to min_side afterwards (encoder centre crops): most of the decode is saved.
+    2x, not 1x: the bicubic resize that follows still averages >= 2x2 decoded pixels per output pixel, so
+    the result stays close to the full decode. The size asked is square, so it holds in the stored
+    orientation and after exif_transpose alike.
+    """
+    if im.format not in ("JPEG", "MPO"):  # Pillow drafts JPEG only; other formats decode in full
+        return
+    if min(im.size) < 4 * min_side:  # not even 1/2 scale would keep 2 * min_side: decode exactly as before
+        return
+    # grey models: libjpeg gives the Y plane directly (no chroma decode, no colour conversion)
+    mode = "L" if channels == 1 and im.mode == "RGB" else im.mode
+    im.draft(mode, (2 * min_side, 2 * min_side))
+
+
+def _decode_raw(data: bytes, max_pixels: int, min_side: int | None = None, channels: int = 3) -> np.ndarray:
+    """Decode to uint8 HxWxC with C in 1..4 (alpha kept), EXIF orientation applied (first frame).
+
+    min_side: the caller only needs the image shrunk to this shorter side, so a JPEG may be decoded
+    smaller (see _draft); None decodes every pixel. max_pixels always applies to the full size.
+    """
     from PIL import Image, ImageOps
 
     im = open_image(data, max_pixels)
@@ -185,6 +214,8 @@ def _decode_raw(data: bytes, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.seek(0)
+            if min_side:
+                _draft(im, min_side, channels)  # after seek: an MPO frame seek would reset the decoder
             im.load()
             # in place: the default returns a full copy even when there is nothing to rotate
             ImageOps.exif_transpose(im, in_place=True)
@@ -195,10 +226,11 @@ def _decode_raw(data: bytes, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
 
 
-def load_image(path: str | os.PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None) -> np.ndarray:
     """Read and decode one image file (see decode_image)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image(data, channels=channels, max_pixels=max_pixels)
+    return decode_image(data, channels=channels, max_pixels=max_pixels, min_side=min_side)

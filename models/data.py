@@ -15,6 +15,10 @@ BUILTINS = ("builtin:photos", "builtin:mnist", "builtin:digits")
 # Colour/grey photos that scikit-image ships offline (each checked to load without a download).
 BUILTIN_PHOTOS = ("astronaut", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera",
                   "coins", "moon", "page", "brick", "grass", "gravel", "clock")
+# aeflow's own quality yardstick (bench/quality.py, the shipped models' cards): never trained on.
+# `builtin:photos` is BUILTIN_PHOTOS minus these.
+HELDOUT_PHOTOS = ("rocket", "camera", "coins", "clock")
+TRAIN_PHOTOS = tuple(n for n in BUILTIN_PHOTOS if n not in HELDOUT_PHOTOS)
 # Held out for independent evaluation by whoever checks aeflow: never loaded for training, tuning or tests.
 # (skimage `cat` is the same picture as `chelsea`.)
 RESERVED = frozenset({"sklearn:china.jpg", "sklearn:flower.jpg", "matplotlib:sample_data", "skimage:chelsea",
@@ -157,18 +161,21 @@ def _folder_labels(root: Path, paths: list[Path]) -> np.ndarray | None:
 
 
 def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 1, val_fraction: float = 0.1,
-                 seed: int = 0, limit: int | None = None) -> PatchData | ArrayData:
+                 seed: int = 0, limit: int | None = None, synthetic: int = 0) -> PatchData | ArrayData:
     """Load `spec` (a folder, builtin:photos, builtin:mnist or builtin:digits) for a model `kind`.
 
-    Patch kinds get whole RGB images split by image; fixed-size kinds get resized, centre-cropped
-    arrays with `channels` channels, split by sample. Both carry a description dict for the model card.
+    Patch kinds get whole RGB images split by image, plus `synthetic` dead-leaves images added to the
+    training split only; fixed-size kinds get resized, centre-cropped arrays with `channels` channels,
+    split by sample. Both carry a description dict for the model card.
     """
+    if synthetic and kind not in PATCH_KINDS:
+        raise DataError(f"synthetic images are for {', '.join(PATCH_KINDS)}, not {kind}")
     is_builtin = spec.startswith("builtin:")
     if is_builtin and spec not in BUILTINS:
         raise DataError(f"unknown builtin data {spec!r}; choose one of {', '.join(BUILTINS)} or a folder path")
     if kind in PATCH_KINDS:
         if spec == "builtin:photos":
-            names = list(BUILTIN_PHOTOS[:limit] if limit else BUILTIN_PHOTOS)
+            names = list(TRAIN_PHOTOS[:limit] if limit else TRAIN_PHOTOS)
             images = [skimage_photo(n) for n in names]
             names = [f"skimage:{n}" for n in names]
             desc, dhash = f"scikit-image sample photos: {', '.join(names)}", _hash_arrays(images)
@@ -186,8 +193,15 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
         description = {"spec": spec, "description": desc, "num_images": len(images), "hash": dhash,
                        "split": {"by": "image", "seed": seed, "val_fraction": val_fraction,
                                  "validation": [names[i] for i in va]}}
-        return PatchData([images[i] for i in tr], [images[i] for i in va], [names[i] for i in tr],
-                         [names[i] for i in va], description)
+        train, train_names = [images[i] for i in tr], [names[i] for i in tr]
+        if synthetic:
+            # colours drawn from the real training photos, so the synthetic scenes have their colour statistics
+            palette = np.concatenate([a.reshape(-1, 3)[::97] for a in train])
+            fake = [dead_leaves(256, np.random.default_rng([seed, 104729, i]), palette) for i in range(synthetic)]
+            train += fake
+            train_names += [f"synthetic:dead-leaves-{i}" for i in range(synthetic)]
+            description["synthetic"] = {"kind": "dead leaves", "count": synthetic, "size": 256}
+        return PatchData(train, [images[i] for i in va], train_names, [names[i] for i in va], description)
     if kind not in ARRAY_KINDS:
         raise DataError(f"unknown model kind {kind!r}")
     if spec in ("builtin:mnist", "builtin:digits"):
@@ -197,7 +211,7 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
             x = np.repeat(x, 3, axis=3)
     else:
         if spec == "builtin:photos":
-            imgs = [skimage_photo(n) for n in BUILTIN_PHOTOS[:limit]]
+            imgs = [skimage_photo(n) for n in TRAIN_PHOTOS[:limit]]
             imgs = [np.asarray(a if channels == 3 else a[..., :1]) for a in imgs]
             y, desc, dhash = None, "scikit-image sample photos", _hash_arrays(imgs)
         else:
@@ -215,6 +229,36 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
                    "split": {"by": "sample", "seed": seed, "val_fraction": val_fraction,
                              "num_validation": int(len(va))}}
     return ArrayData(xf[tr], xf[va], None if y is None else y[tr], None if y is None else y[va], description)
+
+
+def dead_leaves(size: int, rng: np.random.Generator, palette: np.ndarray | None = None,
+                r_min: float = 2.0, r_max: float = 96.0, disks: int = 3000) -> np.ndarray:
+    """A synthetic "dead leaves" image (uint8 size x size x 3): occluding flat disks, radii with density ~ 1/r^3.
+
+    Such scale-invariant scenes have edge and size statistics close to photos; denoisers trained on them
+    generalise to photos (Achddou et al., "Synthetic images as a regularity prior for image restoration
+    neural networks", 2021). Colours come from `palette` (N x 3 uint8 samples) when given.
+    """
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = palette[rng.integers(len(palette))] if palette is not None else rng.integers(0, 256, 3)
+    # inverse-CDF draw of r with pdf ~ r^-3 on [r_min, r_max]
+    u = rng.random(disks)
+    radii = 1.0 / np.sqrt(u / r_max ** 2 + (1 - u) / r_min ** 2)
+    centres = rng.uniform(-r_max / 2, size + r_max / 2, (disks, 2))
+    colours = (palette[rng.integers(len(palette), size=disks)] if palette is not None
+               else rng.integers(0, 256, (disks, 3)))
+    yy, xx = np.mgrid[0:size, 0:size]
+    for (cy, cx), r, col in zip(centres, radii, colours):
+        y0, y1 = max(0, int(cy - r)), min(size, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        mask = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
+        img[y0:y1, x0:x1][mask] = col
+    # a slight random blur: photo edges are soft, not one-pixel steps
+    from PIL import Image, ImageFilter
+
+    return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 1.2)))))
 
 
 # ---- patches and degradations (numpy; the training loop turns them into tensors) ----------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 KINDS = PATCH_KINDS + ARRAY_KINDS
 SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine")
 # Digit data is 28x28 grey whatever the model's own default input is.
 DIGIT_DATA = ("builtin:mnist", "builtin:digits")
 VAL_PATCHES = 64  # fixed validation patches for image models: enough for a stable loss, cheap on a CPU
@@ -43,12 +45,20 @@ class TrainSettings:
     size: str = "small"            # model size preset: tiny | small | base
     limit: int | None = None       # at most this many images / samples
     beta: float = 1.0              # vae / conv-vae weight of the KL term
+    synthetic: int = 0             # denoise/upscale: dead-leaves images added to the training split
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs, step by step)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.size not in SIZES:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.synthetic < 0:
+            raise ValueError("synthetic must be >= 0")
+        if self.synthetic and self.kind not in PATCH_KINDS:
+            raise ValueError(f"--synthetic applies to {', '.join(PATCH_KINDS)}, not {self.kind}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.latent_dim is not None and self.kind not in ARRAY_KINDS:
@@ -100,7 +110,8 @@ def load_settings_data(settings: TrainSettings, model, data: str | None = None, 
     """Resolve the run's data (or `data`) with the model's input size and channels."""
     return resolve_data(data or settings.data, settings.kind,
                         input_size=getattr(model.cfg, "input_size", 28), channels=getattr(model.cfg, "channels", 1),
-                        val_fraction=val_fraction or settings.val_fraction, seed=settings.seed, limit=settings.limit)
+                        val_fraction=val_fraction or settings.val_fraction, seed=settings.seed, limit=settings.limit,
+                        synthetic=settings.synthetic if data is None else 0)
 
 
 def pick_device(device: str) -> str:
@@ -238,7 +249,10 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
         total, n = 0.0, 0
         bar = tqdm(_train_batches(settings, data, epoch, device), total=_n_train_batches(settings, data),
                    desc=f"{settings.kind} epoch {epoch}/{settings.epochs}", disable=not progress, leave=False)
-        for inp, target in bar:
+        steps = _n_train_batches(settings, data)
+        for i, (inp, target) in enumerate(bar):
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(settings, (epoch - 1) * steps + i, settings.epochs * steps)
             loss = compute_loss(model, settings.kind, inp, target, settings.beta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -266,6 +280,13 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
         raise ValueError(f"no best checkpoint in {workdir}: the run has no finished epoch")
     return TrainResult(checkpoint=best_path, last_checkpoint=last_path, history=history,
                        data=data.description, device=device, seconds=round(time.time() - t0, 2))
+
+
+def lr_at(settings: TrainSettings, step: int, total: int) -> float:
+    """The learning rate at a global step; a pure function of the step, so a resumed run continues the curve."""
+    if settings.lr_schedule == "cosine":
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    return settings.lr
 
 
 def run_finished(checkpoint: dict, settings: TrainSettings) -> bool:

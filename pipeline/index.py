@@ -432,16 +432,17 @@ def _embed_image(onnx_path: Path, image_path: Path) -> np.ndarray:
     The lead may want one shared "embed these files" helper in pipeline/ that both the job and search call.
     """
     from aeflow.imageio import ImageDecodeError, load_image
+    from pipeline.inference import decode_side, encoder_input
     from pipeline.predictor import Predictor
-    from pipeline.reader import center_square
 
     pred = Predictor(str(onnx_path), device="cpu", threads=min(2, os.cpu_count() or 1))
     if pred.info.role != "encoder" or not pred.info.input_size:
         raise EmbeddingsError(f"{onnx_path} is not an encoder with a fixed input size (aeflow.role="
                               f"{pred.info.role!r}, aeflow.input_size={pred.info.input_size})")
     try:
-        a = load_image(image_path, channels=pred.info.channels)
+        # the embed job's decode scale and crop, so a query image's vector is the one the job stored
+        a = load_image(image_path, channels=pred.info.channels, min_side=decode_side(pred.info))
     except ImageDecodeError as exc:
         raise EmbeddingsError(f"query image {image_path}: {exc}") from exc
-    batch = {"image": center_square(a, pred.info.input_size)[None]}
+    batch = {"image": encoder_input(a, pred.info)[None]}
     return np.asarray(pred(batch)["embedding"][0], dtype=np.float32)

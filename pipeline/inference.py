@@ -1,8 +1,9 @@
 """Per-image model logic shared by the batch worker and the online service: decode, batch or tile, embed, encode.
 
 One code path, so `aeflow api` answers with exactly the bytes the batch job writes for the same input:
-the same decode (aeflow.imageio.decode_image_alpha + the file's ICC profile), the same shape buckets and tiling
-for image2image models, the same centre crop for encoders, the same encoder (pipeline.writer.encode_image).
+the same decode (aeflow.imageio.decode_image_alpha at decode_side's scale + the file's ICC profile), the same
+shape buckets and tiling for image2image models, the same centre crop for encoders, the same encoder
+(pipeline.writer.encode_image).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image_alpha, open_image
+from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image_alpha, display_size, open_image
 from pipeline.predictor import ModelInfo, Predictor
 from pipeline.reader import center_square
 from pipeline.tiling import predict_tiled
@@ -23,20 +24,26 @@ SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp
 class DecodedImage:
     """A decoded input: pixels as the batch job decodes them (encoders: not yet cropped), plus what encoding needs."""
 
-    image: np.ndarray  # uint8 HxWxC
+    image: np.ndarray  # uint8 HxWxC (encoders: a large JPEG may be decoded smaller, see decode_side)
     icc: bytes | None
     format: str  # Pillow's format name of the input (JPEG, PNG, ...)
-    width: int
+    width: int  # the input's full size, EXIF orientation applied
     height: int
     alpha: np.ndarray | None = None  # the input's alpha plane (HxW), for pipeline.writer.with_alpha
 
 
+def decode_side(info: ModelInfo) -> int | None:
+    """The min_side inputs are decoded for (aeflow.imageio): an encoder's S, None (every pixel) for image2image."""
+    # encoders only see an S×S centre crop, so a JPEG may decode at 1/2..1/8 scale; image2image needs every pixel
+    return (info.input_size or None) if info.role == "encoder" else None
+
+
 def decode_for(data: bytes, info: ModelInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode image bytes for a model exactly as pipeline.reader.read_decode does (raises ImageDecodeError)."""
+    """Decode image bytes for a model exactly as pipeline.reader.read_input does (raises ImageDecodeError)."""
     channels = info.channels if info.role == "encoder" else 3
-    image, alpha = decode_image_alpha(data, channels=channels, max_pixels=max_pixels)
-    header = open_image(data, max_pixels)  # header only: the ICC profile and format, as read_decode takes them
-    h, w = image.shape[:2]
+    image, alpha = decode_image_alpha(data, channels=channels, max_pixels=max_pixels, min_side=decode_side(info))
+    header = open_image(data, max_pixels)  # header only: the ICC profile, format and full size, as read_input
+    w, h = display_size(header)
     return DecodedImage(image, header.info.get("icc_profile"), header.format or "", w, h, alpha)
 
 

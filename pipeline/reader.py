@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from aeflow.imageio import decode_image_alpha, iter_image_entries, open_image
+from aeflow.imageio import decode_image_alpha, display_size, iter_image_entries, open_image
 
 
 @dataclass
@@ -64,17 +64,22 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
-def read_input(path: str, channels: int = 3) -> tuple[np.ndarray, bytes | None, np.ndarray | None]:
-    """Read and decode a file: (image composited on white, ICC profile, alpha plane or None)."""
+def read_input(path: str, channels: int = 3, min_side: int | None = None) \
+        -> tuple[np.ndarray, bytes | None, np.ndarray | None, tuple[int, int]]:
+    """Read and decode a file: (image composited on white, ICC profile, alpha plane or None, input (w, h)).
+
+    min_side: encoders pass their S so that a large JPEG decodes smaller (aeflow.imageio._draft); the input
+    size returned is still the file's full size (EXIF orientation applied), as the manifest records it.
+    """
     data = read_bytes(path)
-    image, alpha = decode_image_alpha(data, channels=channels)
-    icc = open_image(data).info.get("icc_profile") if data else None
-    return image, icc, alpha
+    image, alpha = decode_image_alpha(data, channels=channels, min_side=min_side)
+    header = open_image(data)  # header only: the ICC profile and full size
+    return image, header.info.get("icc_profile"), alpha, display_size(header)
 
 
-def read_decode(path: str, channels: int = 3) -> tuple[np.ndarray, bytes | None]:
+def read_decode(path: str, channels: int = 3, min_side: int | None = None) -> tuple[np.ndarray, bytes | None]:
     """Read a file and decode it (EXIF orientation, mode normalised, bombs refused); also return its ICC profile."""
-    image, icc, _ = read_input(path, channels)
+    image, icc, _, _ = read_input(path, channels, min_side)
     return image, icc
 
 

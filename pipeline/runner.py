@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from pipeline.defaults import DEFAULT_BATCH_SIZE
 from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
 from pipeline.predictor import DEVICES, JobConfigError, ModelInfo, resolve_device
 from pipeline.reader import PlanSettings, Task, plan
@@ -40,13 +41,17 @@ class JobConfig:
     store: str | Path | None = None
     device: str = "auto"  # auto | cpu | cuda
     address: str | None = None  # Ray: None/'local' = new local instance, 'auto', or HOST:PORT
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the job's DEFAULT_BATCH_SIZE
     workers: int | None = None
     format: str = "same"  # same | png | jpg | webp
     overwrite: bool = False
     runner: str = "ray"  # ray | local
     tile: int = 512  # tile core size in input pixels for image2image models
     progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size is None:  # an unknown job keeps None; _check refuses the job itself
+            self.batch_size = DEFAULT_BATCH_SIZE.get(self.job)
 
 
 def exit_code(summary: dict) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import inference
 from pipeline.manifest import make_row
-from pipeline.predictor import Predictor
+from pipeline.predictor import ModelInfo, Predictor
 from pipeline.reader import Task, read_input
 from pipeline.writer import OutputSpaceError, write_image
 
@@ -40,17 +40,22 @@ class WorkerSpec:
 @dataclass
 class _Decoded:
     task: Task
-    image: np.ndarray | None  # composited on white (encoders: uncropped); None once predicted (frees memory)
+    image: np.ndarray | None  # composited on white (encoders: the S×S crop); None once predicted (frees memory)
     icc: bytes | None
     alpha: np.ndarray | None  # the input's alpha plane, put back on image2image outputs that can hold it
     seconds: float
-    in_w: int
+    in_w: int  # the input's full size (EXIF orientation applied), whatever size it was decoded at
     in_h: int
 
 
-def _decode(t: Task, channels: int, t0: float) -> _Decoded:
-    img, icc, alpha = read_input(t.path, channels)
-    return _Decoded(t, img, icc, alpha, time.perf_counter() - t0, img.shape[1], img.shape[0])
+def _decode(t: Task, info: ModelInfo, t0: float) -> _Decoded:
+    encoder = info.role == "encoder"
+    img, icc, alpha, (w, h) = read_input(t.path, info.channels if encoder else 3, inference.decode_side(info))
+    if encoder:
+        # cropped now, so a batch holds S×S arrays rather than whole decodes (a PNG is never drafted, and embed
+        # batches are large); inference.embed's own crop of an S×S array is the identity, vectors are unchanged
+        img, alpha = inference.encoder_input(img, info), None
+    return _Decoded(t, img, icc, alpha, time.perf_counter() - t0, w, h)
 
 
 def _err(exc: BaseException) -> str:
@@ -86,11 +91,10 @@ class BatchWorker:
         """
         decoded: list[tuple[int, _Decoded]] = []
         rows: dict[int, dict] = {}
-        channels = self.info.channels if self.info.role == "encoder" else 3
         for i, t in enumerate(tasks):
             t0 = time.perf_counter()
             try:
-                decoded.append((i, _decode(t, channels, t0)))
+                decoded.append((i, _decode(t, self.info, t0)))
             except Exception as exc:  # noqa: BLE001 - one bad file fails only its own row
                 rows[i] = self._row(t, status="failed", error=_err(exc), seconds=time.perf_counter() - t0)
         if decoded:

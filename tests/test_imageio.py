@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aeflow.imageio import ImageDecodeError, decode_image, iter_image_paths, load_image
+from aeflow.imageio import ImageDecodeError, decode_image, display_size, iter_image_paths, load_image, open_image
 from tests.conftest import make_photo
 
 
@@ -102,3 +102,50 @@ def test_decompression_bomb_refused_before_decoding():
 def test_load_image_missing_file_is_a_decode_error(tmp_path):
     with pytest.raises(ImageDecodeError, match="cannot read"):
         load_image(tmp_path / "gone.png")
+
+
+def _jpeg(a: np.ndarray, **kw) -> bytes:
+    return _png_bytes(Image.fromarray(a), format="JPEG", quality=90, **kw)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_min_side_decodes_a_large_jpeg_smaller_but_at_least_twice_min_side(channels):
+    data = _jpeg(make_photo(1024, 1024, 5))
+    full = decode_image(data, channels)
+    small = decode_image(data, channels, min_side=28)
+    assert full.shape == (1024, 1024, channels)
+    assert small.shape[2] == channels and 56 <= min(small.shape[:2]) < 1024
+    # the same picture, only smaller: compare with the full decode shrunk to the same size
+    ref = np.asarray(Image.fromarray(full[..., 0] if channels == 1 else full).resize(small.shape[1::-1], Image.BOX))
+    assert np.abs(ref.astype(np.int16).reshape(small.shape) - small).mean() < 3
+
+
+def test_min_side_leaves_png_and_small_jpeg_untouched():
+    a = make_photo(256, 256, 6)
+    png = _png_bytes(Image.fromarray(a))
+    assert np.array_equal(decode_image(png, min_side=28), decode_image(png))
+    small = _jpeg(a[:100, :100])  # < 4 * 28: no downscale fits, decoded exactly as without min_side
+    assert np.array_equal(decode_image(small, min_side=28), decode_image(small))
+    assert np.array_equal(decode_image(small, 1, min_side=28), decode_image(small, 1))
+
+
+def test_min_side_keeps_exif_orientation():
+    a = make_photo(512, 1024, 7)
+    a[:64, :64] = (255, 0, 0)  # a marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display: the marker ends top-right
+    data = _jpeg(a, exif=exif.tobytes())
+    full = decode_image(data)
+    small = decode_image(data, min_side=28)
+    assert full.shape == (1024, 512, 3)
+    assert small.shape[0] > small.shape[1] and min(small.shape[:2]) >= 56 and small.shape[1] < 512
+    h, w = small.shape[:2]
+    corner = small[: h // 16, w - w // 8:].reshape(-1, 3).mean(0)
+    assert corner[0] > 200 and corner[1] < 60 and corner[2] < 60
+    assert display_size(open_image(data)) == (512, 1024)
+
+
+def test_min_side_still_refuses_bombs_by_their_full_size():
+    data = _jpeg(np.zeros((1200, 1000, 3), np.uint8))
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(data, max_pixels=1_000_000, min_side=28)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data import (BUILTIN_PHOTOS, RESERVED, ArrayData, DataError, PatchData, skimage_photo, add_noise,
+from models.data import (HELDOUT_PHOTOS, RESERVED, TRAIN_PHOTOS, dead_leaves, ArrayData, DataError, PatchData, skimage_photo, add_noise,
                          bicubic_down, degrade, resolve_data, sample_patches)
 
 
@@ -81,7 +81,8 @@ def test_builtin_photos_never_load_reserved_images(monkeypatch):
     monkeypatch.setattr(matplotlib.cbook, "get_sample_data", forbidden)
     ds = resolve_data("builtin:photos", "upscale", seed=0)
     names = set(ds.train_names + ds.val_names)
-    assert names == {f"skimage:{n}" for n in BUILTIN_PHOTOS}
+    assert names == {f"skimage:{n}" for n in TRAIN_PHOTOS}
+    assert not names & {f"skimage:{n}" for n in HELDOUT_PHOTOS}  # the quality yardstick is never trained on
     assert not names & RESERVED
     assert all(im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8 for im in ds.train + ds.val)
     with pytest.raises(ValueError, match="reserved"):
@@ -137,3 +138,22 @@ def test_upscale_degradation_is_bicubic_downscale():
     lr = degrade("upscale", hr, np.random.default_rng(0), scale=4)
     assert lr.shape == (2, 4, 3, 3)
     np.testing.assert_array_equal(lr[1], bicubic_down(hr[1], 4))
+
+
+def test_dead_leaves_are_deterministic_photo_like_images():
+    palette = np.array([[10, 20, 30], [200, 100, 50], [90, 90, 90]], np.uint8)
+    a = dead_leaves(64, np.random.default_rng(3), palette)
+    b = dead_leaves(64, np.random.default_rng(3), palette)
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, dead_leaves(64, np.random.default_rng(4), palette))
+    assert a.std() > 10  # many occluding disks, not one flat colour
+
+
+def test_synthetic_images_join_the_training_split_only():
+    ds = resolve_data("builtin:photos", "denoise", seed=0, synthetic=3)
+    plain = resolve_data("builtin:photos", "denoise", seed=0)
+    assert ds.val_names == plain.val_names and len(ds.train) == len(plain.train) + 3
+    assert ds.train_names[-3:] == [f"synthetic:dead-leaves-{i}" for i in range(3)]
+    assert ds.description["synthetic"]["count"] == 3
+    with pytest.raises(DataError, match="synthetic"):
+        resolve_data("builtin:mnist", "ae", synthetic=2)

@@ -54,7 +54,8 @@ def test_forward_shapes(kind):
             assert z.shape == mu.shape and not torch.equal(z, mu)  # training: a sample
 
 
-@pytest.mark.parametrize("kind,cfg", [("denoise", {}), ("upscale", {"scale": 2}), ("upscale", {"scale": 4})])
+@pytest.mark.parametrize("kind,cfg", [("denoise", {}), ("denoise", {"max_dilation": 3}), ("upscale", {"scale": 2}),
+                                      ("upscale", {"scale": 4})])
 def test_halo_bounds_receptive_field(kind, cfg):
     """Changing one input pixel changes only outputs within `halo` input pixels of it (what tiling relies on)."""
     torch.manual_seed(0)
@@ -114,3 +115,24 @@ def test_register_model_rejects_duplicates_and_incomplete_classes():
     list_models()  # make sure the real "denoise" is registered first
     with pytest.raises(ValueError, match="already registered"):
         register_model(Clash)
+
+
+def test_dilated_denoiser_ramps_up_and_down():
+    m = create_model("denoise", size="small")
+    assert m.dilations == [1, 2, 3, 4, 4, 3, 2, 1] and m.halo == 20
+    assert create_model("denoise", depth=5, max_dilation=9).dilations == [1, 2, 3, 2, 1]
+    with pytest.raises(ValueError, match="max_dilation"):
+        create_model("denoise", max_dilation=0)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_upscaler_bicubic_conv_equals_torch_bicubic(scale):
+    """The fixed conv + PixelShuffle base is torch's bicubic upsampling, borders included, and is not saved."""
+    import torch.nn.functional as F
+
+    m = create_model("upscale", size="tiny", scale=scale)
+    for shape in [(2, 3, 13, 21), (1, 3, 1, 2), (1, 3, 4, 4)]:
+        x = torch.rand(shape)
+        ref = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+        assert torch.allclose(m.bicubic(x), ref, atol=1e-6)
+    assert not any("bicubic" in k for k in m.state_dict())

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from models.train import TrainSettings, _should_stop, train_model
+from models.train import TrainSettings, _should_stop, lr_at, train_model
 
 TINY_DIGITS = dict(data="builtin:digits", size="tiny", limit=100, batch_size=32)
 
@@ -23,6 +23,20 @@ def test_settings_reject_bad_values():
         TrainSettings(kind="upscale", scale=4, patch_size=18)
     with pytest.raises(TypeError):
         TrainSettings(kind="ae", epoch=3)  # a misspelled setting is an error, not ignored
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainSettings(kind="ae", lr_schedule="cosin")
+    with pytest.raises(ValueError, match="synthetic"):
+        TrainSettings(kind="ae", synthetic=4)
+
+
+def test_cosine_schedule_decays_from_lr_to_zero_and_constant_stays():
+    cos = TrainSettings(kind="denoise", lr=1e-3, lr_schedule="cosine")
+    assert lr_at(cos, 0, 100) == pytest.approx(1e-3)
+    assert lr_at(cos, 50, 100) == pytest.approx(5e-4)
+    assert lr_at(cos, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    steps = [lr_at(cos, i, 100) for i in range(101)]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))
+    assert lr_at(TrainSettings(kind="denoise", lr=1e-3), 77, 100) == 1e-3
 
 
 def test_early_stopping_rule():

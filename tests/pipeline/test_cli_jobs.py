@@ -36,3 +36,15 @@ def test_embed_index_search(store, images, tmp_path, capsys):
     assert len(res) == 2 and res[0]["path"] == "a.jpg"
     assert main(["search", str(out), "--image", str(images / "b.png"), "--store", str(store)]) == 0
     assert "b.png" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_default_batch_size_per_job():
+    from pipeline.defaults import DEFAULT_BATCH_SIZE
+    from pipeline.runner import JobConfig
+
+    sizes = {job: build_parser().parse_args([job, "i", "o"]).batch_size for job in ("denoise", "upscale", "embed")}
+    assert sizes == {"denoise": 8, "upscale": 8, "embed": 64} == DEFAULT_BATCH_SIZE
+    assert build_parser().parse_args(["embed", "i", "o", "--batch-size", "5"]).batch_size == 5
+    # a JobConfig built without --batch-size (Prefect flows, scripts) gets the same per-job default
+    assert JobConfig(job="embed", in_dir="i", out_dir="o", model="ae").batch_size == 64
+    assert JobConfig(job="denoise", in_dir="i", out_dir="o", model="denoise").batch_size == 8

@@ -56,3 +56,17 @@ def test_center_square_and_decode(tmp_path):
     a, icc = read_decode(str(p), 1)
     assert a.shape == (30, 60, 1) and icc is None
     assert center_square(a, 8).shape == (8, 8, 1)
+
+
+def test_encoder_read_drafts_large_jpegs_close_to_the_full_decode(tmp_path):
+    from pipeline.reader import read_input
+
+    p = save(tmp_path / "big.jpg", photo(1024, 1024, 3), quality=90)
+    full, _, _, size = read_input(str(p), 3)  # image2image reads: every pixel
+    small, _, _, small_size = read_input(str(p), 3, min_side=28)  # an encoder with S = 28
+    assert full.shape == (1024, 1024, 3) and size == small_size == (1024, 1024)  # the file's size, not the decode's
+    assert 56 <= min(small.shape[:2]) < 1024
+    diff = np.abs(center_square(full, 28).astype(np.int16) - center_square(small, 28))
+    assert diff.mean() < 3
+    png = save(tmp_path / "big.png", photo(256, 256, 3))
+    assert np.array_equal(read_input(str(png), 3, min_side=28)[0], read_input(str(png), 3)[0])

@@ -79,7 +79,37 @@ def test_shared_inference_equals_the_batch_worker(store, tmp_path):
         assert np.array_equal(out, np.asarray(Image.open(tmp_path / "out" / f"{i}.png")))
 
 
-def test_plan_slots_checks_models_up_front(store):
+def test_shared_encoder_decode_equals_the_batch_worker_on_drafted_jpegs(store, tmp_path):
+    from PIL import Image
+
+    from aeflow.store import ModelStore
+    from pipeline import inference
+    from pipeline.predictor import Predictor
+    from pipeline.reader import Task
+    from pipeline.worker import BatchWorker, WorkerSpec
+
+    ref = ModelStore(store).resolve("ae")  # an encoder with S = 8: JPEGs of >= 32 px a side decode smaller
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 150 wide, 200 high
+    Image.fromarray(make_photo(150, 200, 1)).save(tmp_path / "0.jpg", quality=90, exif=exif.tobytes())
+    Image.fromarray(make_photo(90, 120, 2)).save(tmp_path / "1.png")
+    tasks = [Task(str(tmp_path / f), f, None, 0, 0) for f in ("0.jpg", "1.png")]
+    spec = WorkerSpec("embed", str(ref.onnx_path()), ref.name, ref.version, ref.sha256, str(tmp_path / "out"))
+    rows = BatchWorker(spec).process(tasks)
+    assert [(r["status"], r["in_w"], r["in_h"]) for r in rows] == [("ok", 150, 200), ("ok", 120, 90)]
+    pred = Predictor(str(ref.onnx_path()))
+    decs = [inference.decode_for((tmp_path / f).read_bytes(), pred.info) for f in ("0.jpg", "1.png")]
+    assert [(d.width, d.height) for d in decs] == [(150, 200), (120, 90)]
+    assert decs[0].image.shape[:2] == (25, 19)  # drafted at 1/8, shown orientation; the PNG is whole
+    assert decs[1].image.shape[:2] == (90, 120)
+    for row, vec in zip(rows, inference.embed(pred, [d.image for d in decs])):
+        assert np.array_equal(row["vector"], vec)
+    denoise = Predictor(str(ModelStore(store).resolve("denoise").onnx_path())).info
+    assert inference.decode_side(denoise) is None and inference.decode_side(pred.info) == 8
+    assert inference.decode_for((tmp_path / "0.jpg").read_bytes(), denoise).image.shape == (200, 150, 3)
+
+
+def test_plan_slots_checks_models_up_front(store, monkeypatch, tmp_path):
     from pipeline.serving import ServeConfig, plan_slots
 
     slots = plan_slots(ServeConfig(store=str(store)), "cpu")
@@ -88,6 +118,8 @@ def test_plan_slots_checks_models_up_front(store):
         plan_slots(ServeConfig(store=str(store), denoise_model="nope"), "cpu")
     with pytest.raises(UsageError, match="needs image2image"):
         plan_slots(ServeConfig(store=str(store), denoise_model="ae"), "cpu")
+    # an empty store still serves the models shipped in the package; with none shipped there is nothing to serve
+    monkeypatch.setattr("aeflow.store.SHIPPED_ROOT", tmp_path / "nothing-shipped")
     with pytest.raises(UsageError, match="no model to serve"):
         plan_slots(ServeConfig(store=str(store / "empty")), "cpu")
 

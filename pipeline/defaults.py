@@ -1,0 +1,6 @@
+"""Per-job defaults shared by `aeflow <job>`, pipeline.runner.JobConfig and the Prefect flows (imports nothing)."""
+
+# Inputs per batch (one worker call; for encoders also one model call). An encoder's input is a tiny S×S crop,
+# so at 8 the per-batch overhead (Ray round trip, manifest write, driver bookkeeping) outweighs the work;
+# image2image batches hold whole images and their activations, so they stay small.
+DEFAULT_BATCH_SIZE = {"denoise": 8, "upscale": 8, "embed": 64}

@@ -1,0 +1,35 @@
+"""flows/ship.py: a recipe runs through the training flow and lands in the shipped folder, verified and without torch files."""
+from __future__ import annotations
+
+import json
+
+import flows.ship as ship_mod
+from aeflow.store import ModelStore
+
+
+def test_ship_trains_with_the_flow_and_copies_onnx_card_pictures(prefect_api, monkeypatch, tmp_path):
+    tiny = dict(kind="denoise", data="builtin:photos", epochs=1, steps_per_epoch=2, batch_size=4, patch_size=24,
+                size="tiny", limit=3, synthetic=1, lr_schedule="cosine")
+    monkeypatch.setattr(ship_mod, "RECIPES", {"tiny-denoise": tiny})
+    dest = tmp_path / "shipped"
+    (target,) = ship_mod.ship(["tiny-denoise"], store=str(tmp_path / "store"), device="cpu", dest_root=dest)
+    assert target == dest / "tiny-denoise" / "1"
+    names = {p.name for p in target.iterdir()}
+    assert "model.onnx" in names and "card.json" in names and not any(n.endswith(".pt") for n in names)
+    card = json.loads((target / "card.json").read_text())
+    assert card["shipped"]["recipe"] == tiny and card["version"] == 1
+    assert card["settings"]["synthetic"] == 1 and card["settings"]["lr_schedule"] == "cosine"
+    assert card["data"]["synthetic"]["count"] == 1
+    ref = ModelStore(dest, include_shipped=False).resolve("tiny-denoise")
+    assert ref.onnx_path().is_file()  # the sha256 on the card still matches the copied file
+    # shipping again replaces the copy instead of adding versions
+    ship_mod.ship(["tiny-denoise"], store=str(tmp_path / "store"), device="cpu", dest_root=dest)
+    assert sorted(p.name for p in (dest / "tiny-denoise").iterdir()) == ["1"]
+
+
+def test_ship_cli_rejects_unknown_recipe(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        ship_mod.main(["denoize"])
+    assert exc.value.code == 2 and "unknown recipe" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""The models shipped inside the package: each loads through the store (sha256 checked) and beats the trivial baseline.
+
+Small held-out inputs only (models.data.HELDOUT_PHOTOS, the MNIST validation split): the shipped models never
+trained on them. bench/quality.py measures the same models properly; this guards against shipping a broken
+or untrained file.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aeflow.store import SHIPPED_ROOT, ModelStore
+from pipeline.inference import embed, image2image
+from pipeline.predictor import Predictor
+
+SHIPPED = ("denoise", "upscale-x2", "upscale-x4", "ae", "conv-vae")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def _y(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    return 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def _shipped(name: str):
+    store = ModelStore(SHIPPED_ROOT / ".no-user-store")  # an empty user store: resolution falls to the package
+    ref = store.resolve(name)
+    assert ref.path.is_relative_to(SHIPPED_ROOT), f"{name} did not resolve to the shipped copy"
+    return ref
+
+
+def _heldout_crop(name: str, size: int = 96) -> np.ndarray:
+    from models.data import HELDOUT_PHOTOS, skimage_photo
+
+    assert name in HELDOUT_PHOTOS
+    a = skimage_photo(name)
+    y, x = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
+    return np.ascontiguousarray(a[y:y + size, x:x + size])
+
+
+def _mnist_val(n: int = 300):
+    from models.data import resolve_data
+
+    d = resolve_data("builtin:mnist", "ae", input_size=28, channels=1, val_fraction=0.1, seed=0)
+    x = np.rint(d.x_val[:n, 0] * 255).astype(np.uint8)[..., None]  # N,28,28,1 uint8 as files would hold
+    return x, d.y_val[:n]
+
+
+def _knn_accuracy(z: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return float(cross_val_score(KNeighborsClassifier(5), z, y, cv=5).mean())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_has_card_and_small_verified_onnx(name):
+    ref = _shipped(name)
+    path = ref.onnx_path()  # raises if the sha256 does not match the card
+    assert path.stat().st_size < 2_000_000
+    assert ref.card["shipped"]["recipe"]["kind"] == ref.card["kind"]
+    assert ref.card["metrics"] and ref.card["settings"]
+
+
+@pytest.mark.parametrize("photo", ["camera", "rocket"])
+def test_shipped_denoiser_beats_the_noisy_input(photo):
+    clean = _heldout_crop(photo)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.rint(clean + rng.normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    out = image2image(Predictor(str(_shipped("denoise").onnx_path())), [noisy])[0]
+    assert out.shape == clean.shape and out.dtype == np.uint8
+    assert _psnr(out, clean) > _psnr(noisy, clean) + 4.0  # identity is the trivial baseline
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_shipped_upscaler_beats_bicubic(scale):
+    from models.data import bicubic_down
+
+    hr = _heldout_crop("rocket", 96)
+    lr = bicubic_down(hr, scale)
+    bic = np.asarray(Image.fromarray(lr).resize((hr.shape[1], hr.shape[0]), Image.BICUBIC))
+    out = image2image(Predictor(str(_shipped(f"upscale-x{scale}").onnx_path())), [lr])[0]
+    assert out.shape == hr.shape
+    c = (slice(scale, -scale), slice(scale, -scale))
+    assert _psnr(_y(out)[c], _y(hr)[c]) > _psnr(_y(bic)[c], _y(hr)[c])
+
+
+def test_shipped_ae_embeddings_separate_digit_classes():
+    x, y = _mnist_val()
+    vecs = np.stack(embed(Predictor(str(_shipped("ae").onnx_path())), list(x)))
+    assert vecs.shape[0] == len(x) and np.isfinite(vecs).all()
+    assert _knn_accuracy(vecs, y) > 0.8  # chance is 0.1
+
+
+def test_shipped_conv_vae_maps_digits_to_a_2d_latent_and_decodes_samples():
+    import onnxruntime as ort
+
+    ref = _shipped("conv-vae")
+    x, y = _mnist_val()
+    z = np.stack(embed(Predictor(str(ref.onnx_path())), list(x)))
+    assert z.shape == (len(x), 2)
+    assert _knn_accuracy(z, y) > 0.5  # a 2-d map that separates classes (chance is 0.1)
+    dec = ort.InferenceSession(str(ref.file("decoder.onnx")), providers=["CPUExecutionProvider"])
+    samples = dec.run(None, {dec.get_inputs()[0].name: np.random.default_rng(0).normal(size=(8, 2))
+                             .astype(np.float32)})[0]
+    assert samples.shape[0] == 8 and samples.size == 8 * 28 * 28 and samples.std() > 0
+
+
+def test_first_denoise_works_out_of_the_box(tmp_path):
+    """No store, no --model: `aeflow denoise` runs the shipped model."""
+    src = tmp_path / "in"
+    src.mkdir()
+    clean = _heldout_crop("coins", 64)
+    noisy = np.clip(np.rint(clean + np.random.default_rng(1).normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(src / "a.png")
+    r = subprocess.run([sys.executable, "-m", "aeflow.cli", "denoise", str(src), str(tmp_path / "out"),
+                        "--store", str(tmp_path / "empty-store"), "--runner", "local", "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert _psnr(out, clean) > _psnr(noisy, clean) + 3.0
