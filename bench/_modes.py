@@ -63,11 +63,20 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
-def _decode(data: bytes, input_size: int) -> np.ndarray:
-    """Plain Pillow decode to RGB (+ resize/centre crop to S×S for encoders, as the pipeline's reader does)."""
+def _decode(data: bytes, input_size: int, draft: bool = False) -> np.ndarray:
+    """Pillow decode to RGB (+ resize/centre crop to S×S for encoders, as the pipeline's reader does).
+
+    draft: let libjpeg downscale encoder inputs in the DCT domain, as the job does (aeflow.imageio min_side);
+    the floor uses it, so it stays a floor for the job; the naive loop does not.
+    """
     from PIL import Image
 
-    a = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    if draft and input_size:
+        from aeflow.imageio import decode_image
+
+        a = decode_image(data, channels=3, min_side=input_size)
+    else:
+        a = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     if input_size:
         from pipeline.reader import center_square
 
@@ -164,7 +173,7 @@ def run_floor(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, threads:
             with st("read"):
                 data = p.read_bytes()
             with st("decode"):
-                arrays.append(_decode(data, bm.input_size))
+                arrays.append(_decode(data, bm.input_size, draft=True))
         for run_paths, x in _same_shape_runs(chunk, arrays):
             with st("infer"):
                 y = sess.run(None, {name: x})[0]

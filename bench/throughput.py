@@ -43,7 +43,7 @@ class BenchConfig:
     store: Path | None = None  # None: untrained default-size models exported into a temp store
     device: str = "cpu"
     naive_batch: int = 16
-    floor_batch: int = 8  # the aeflow job's default --batch-size, so (b) and (c) batch alike
+    floor_batch: int | None = None  # None: the job's default --batch-size (pipeline.defaults), so (b) and (c) batch alike
     rss_n: int | None = None  # files of the N run of the memory check (default: n)
     rss_size: int = 64  # the memory check's image size (small: 10N files must stay quick)
     rss_factor: int = 10
@@ -95,7 +95,9 @@ def _run_mode(mode: str, bm, in_dir: Path, out_dir: Path, cfg: BenchConfig, devi
     if mode == "naive":
         return _modes.run_naive(bm, in_dir, out_dir, device, threads, cfg.naive_batch)
     if mode == "floor":
-        return _modes.run_floor(bm, in_dir, out_dir, device, threads, cfg.floor_batch)
+        from pipeline.defaults import DEFAULT_BATCH_SIZE
+
+        return _modes.run_floor(bm, in_dir, out_dir, device, threads, cfg.floor_batch or DEFAULT_BATCH_SIZE[bm.job])
     if mode == "aeflow-local":
         return _instrument.run_aeflow_local(bm, in_dir, out_dir, device)
     return _modes.run_cli(bm, in_dir, out_dir, device)
@@ -259,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       naive_batch=a.naive_batch, floor_batch=a.floor_batch, rss_n=a.rss_n, rss_size=a.rss_size,
                       rss_factor=a.rss_factor, memory=a.memory, model_only=a.model_only, model_only_batch=a.model_only_batch,
                       scaling=a.scaling, scaling_n=a.scaling_n, out=a.out, keep_outputs=a.keep_outputs)
-    if min(cfg.n, cfg.rss_n or cfg.n, cfg.naive_batch, cfg.floor_batch, cfg.rss_factor) < 1:
+    if min(cfg.n, cfg.rss_n or cfg.n, cfg.naive_batch, cfg.floor_batch or 1, cfg.rss_factor) < 1:
         p.error("--n, --rss-n, batches and --rss-factor must be >= 1")
     return quick(cfg) if a.quick else cfg
 
