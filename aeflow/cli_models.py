@@ -21,6 +21,7 @@ _HELP = {
     "limit": "use at most this many images or samples", "beta": "weight of the KL term (vae, conv-vae)",
     "synthetic": "denoise/upscale: add this many generated dead-leaves images to the training split",
     "lr_schedule": "constant, or cosine decay to 0 over all epochs",
+    "dilation": "denoise: dilate the convs 1,2,..,N,..,2,1 (wider receptive field, same cost)",
 }
 
 

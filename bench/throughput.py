@@ -103,18 +103,23 @@ def _run_mode(mode: str, bm, in_dir: Path, out_dir: Path, cfg: BenchConfig, devi
     return _modes.run_cli(bm, in_dir, out_dir, device)
 
 
+def _sig(x: float) -> float:
+    """Three significant digits: a tiny ratio (a 6-file smoke run against a fast floor) must not round to 0."""
+    return float(f"{x:.3g}")
+
+
 def _ratios(row: dict) -> None:
     m = row["modes"]
     c = m.get("aeflow", {}).get("images_per_s")
     for key, other in (("c_over_a", "naive"), ("c_over_b", "floor")):
         o = m.get(other, {}).get("images_per_s")
-        row[key] = round(c / o, 3) if c and o else None
+        row[key] = _sig(c / o) if c and o else None
         p = m.get("aeflow", {}).get("process_images_per_s")
-        row[key + "_process"] = round(p / o, 3) if p and o else None
+        row[key + "_process"] = _sig(p / o) if p and o else None
     st, b = m.get("aeflow", {}).get("steady_images_per_s"), m.get("floor", {}).get("images_per_s")
-    row["c_over_b_steady"] = round(st / b, 3) if st and b else None
+    row["c_over_b_steady"] = _sig(st / b) if st and b else None
     fl, local = m.get("floor", {}), m.get("aeflow-local", {}).get("images_per_s")
-    row["local_over_b"] = round(local / fl["images_per_s"], 3) if local and fl.get("images_per_s") else None
+    row["local_over_b"] = _sig(local / fl["images_per_s"]) if local and fl.get("images_per_s") else None
     if fl.get("stages_s"):  # what reading + decoding alone would allow: the ceiling of any job on these files
         s = fl["stages_s"]
         t = s["list"] + s["read"] + s["decode"]

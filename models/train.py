@@ -47,6 +47,7 @@ class TrainSettings:
     beta: float = 1.0              # vae / conv-vae weight of the KL term
     synthetic: int = 0             # denoise/upscale: dead-leaves images added to the training split
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs, step by step)
+    dilation: int | None = None    # denoise: max dilation of the convs (IRCNN ramp); None: the size preset's
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -55,6 +56,8 @@ class TrainSettings:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.dilation is not None and (self.kind != "denoise" or self.dilation < 1):
+            raise ValueError("--dilation applies to denoise only and must be >= 1")
         if self.synthetic < 0:
             raise ValueError("synthetic must be >= 0")
         if self.synthetic and self.kind not in PATCH_KINDS:
@@ -98,6 +101,8 @@ def model_config(settings: TrainSettings) -> dict:
     cfg: dict = {}
     if settings.kind == "upscale":
         cfg["scale"] = settings.scale
+    if settings.kind == "denoise" and settings.dilation is not None:
+        cfg["max_dilation"] = settings.dilation
     if settings.kind in ARRAY_KINDS:
         if settings.latent_dim is not None:
             cfg["latent_dim"] = settings.latent_dim

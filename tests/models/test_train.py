@@ -27,6 +27,18 @@ def test_settings_reject_bad_values():
         TrainSettings(kind="ae", lr_schedule="cosin")
     with pytest.raises(ValueError, match="synthetic"):
         TrainSettings(kind="ae", synthetic=4)
+    with pytest.raises(ValueError, match="dilation"):
+        TrainSettings(kind="upscale", dilation=2)
+
+
+def test_dilation_setting_reaches_the_denoiser():
+    from models.registry import create_model
+    from models.train import model_config
+
+    s = TrainSettings(kind="denoise", dilation=4)
+    assert model_config(s) == {"max_dilation": 4}
+    assert create_model("denoise", s.size, **model_config(s)).halo == 20
+    assert model_config(TrainSettings(kind="denoise")) == {}
 
 
 def test_cosine_schedule_decays_from_lr_to_zero_and_constant_stays():
