@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from pipeline.defaults import DEFAULT_RUNNER, RUNNERS
+
 
 def add_commands(sub) -> None:
     """Add `demo` and `serve` to the aeflow parser."""
@@ -14,7 +16,8 @@ def add_commands(sub) -> None:
     p.add_argument("--quick", action="store_true", help="smaller training budgets (about a minute on 2 cores)")
     p.add_argument("--mode", choices=("full", "quick", "test"), default=None,
                    help="training budget; --quick is --mode quick; test is the CI-sized chain")
-    p.add_argument("--runner", choices=("ray", "local"), default="ray", help="batch job runner (default ray)")
+    p.add_argument("--runner", choices=RUNNERS, default="ray",
+                   help="batch job runner (default ray: the demo shows the cluster path even on tiny folders)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--photos", type=int, default=None, help="sample photos per folder (default: by mode)")
     p.set_defaults(func=cmd_demo)
@@ -39,7 +42,8 @@ def add_commands(sub) -> None:
     s.add_argument("--retrain-epochs", type=int, default=10)
     s.add_argument("--retrain-steps", type=int, default=100, help="steps per epoch")
     s.add_argument("--retrain-size", choices=("tiny", "small", "base"), default="small")
-    s.add_argument("--runner", choices=("ray", "local"), default="ray")
+    s.add_argument("--runner", choices=RUNNERS, default=DEFAULT_RUNNER,
+                   help="batch job runner (default %(default)s: in-process when shorter than starting Ray)")
     s.add_argument("--address", help="Ray cluster address for the batch jobs (e.g. ray-head:6379)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--timezone", default="UTC", help="time zone of the cron schedules")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from aeflow.cli import UsageError
-from pipeline.defaults import DEFAULT_BATCH_SIZE
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, RUNNERS
 
 _JOB_HELP = {
     "denoise": "denoise every image under IN_DIR into OUT_DIR (same tree)",
@@ -32,8 +32,9 @@ def add_commands(sub) -> None:
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         p.add_argument("--address", default=None,
                        help="Ray: 'local' (default; or $RAY_ADDRESS when set), 'auto', or HOST:PORT of a cluster")
-        p.add_argument("--runner", choices=("ray", "local"), default="ray",
-                       help="ray (default) or local: one process, no cluster (debugging)")
+        p.add_argument("--runner", choices=RUNNERS, default=DEFAULT_RUNNER,
+                       help="auto (default): in-process when the job is shorter than starting a local Ray, else "
+                            "Ray; ray: always Ray; local: one process, no cluster")
         p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE[job],
                        help="inputs per batch (default %(default)s for this job)")
         p.add_argument("--workers", type=_positive, default=None,

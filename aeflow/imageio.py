@@ -172,9 +172,19 @@ def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_P
 def decode_image_alpha(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
                        min_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """decode_image, plus the alpha plane (uint8 HxW) when the file has one; the image is still composited."""
-    a = _decode_raw(data, max_pixels, min_side, channels)
+    image, alpha, _, _ = decode_with_header(data, channels, max_pixels, min_side)
+    return image, alpha
+
+
+def decode_with_header(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       min_side: int | None = None) \
+        -> tuple[np.ndarray, np.ndarray | None, bytes | None, tuple[int, int]]:
+    """decode_image_alpha, plus the ICC profile and the full display size, from one open of the bytes."""
+    im = open_image(data, max_pixels)
+    icc, size = im.info.get("icc_profile"), display_size(im)  # read before a draft shrinks the image
+    a = _decode_opened(im, min_side, channels)
     alpha = np.ascontiguousarray(a[..., -1]) if a.shape[2] in (2, 4) else None
-    return normalize_channels(a, channels), alpha
+    return normalize_channels(a, channels), alpha, icc, size
 
 
 def display_size(im) -> tuple[int, int]:
@@ -207,9 +217,13 @@ def _decode_raw(data: bytes, max_pixels: int, min_side: int | None = None, chann
     min_side: the caller only needs the image shrunk to this shorter side, so a JPEG may be decoded
     smaller (see _draft); None decodes every pixel. max_pixels always applies to the full size.
     """
+    return _decode_opened(open_image(data, max_pixels), min_side, channels)
+
+
+def _decode_opened(im, min_side: int | None, channels: int) -> np.ndarray:
+    """_decode_raw for an image open_image already opened (header read, nothing decoded yet)."""
     from PIL import Image, ImageOps
 
-    im = open_image(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -127,7 +127,12 @@ def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path, logs: Path) 
         out["runs"][f"{nodes} node{'s' if nodes > 1 else ''}"] = {
             "nodes": nodes, "cpus": nodes, "workers": r["workers"], "worker_nodes": r["worker_nodes"],
             "images_per_s": r["images_per_s"], "process_images_per_s": r["process_images_per_s"],
-            "steady_images_per_s": r["steady_images_per_s"], "rows_by_node": r["rows_by_node"]}
-    one, two = out["runs"]["1 node"]["images_per_s"], out["runs"]["2 nodes"]["images_per_s"]
+            "steady_images_per_s": r["steady_images_per_s"], "rows_by_node": r["rows_by_node"],
+            # the job's own rate once its actors answered (summary images_per_s_running): start-up excluded
+            "running_images_per_s": r["running_images_per_s"], "ray_startup_s": r["ray_startup_s"]}
+    runs = out["runs"]
+    one, two = runs["1 node"]["images_per_s"], runs["2 nodes"]["images_per_s"]
     out["ratio"] = round(two / one, 3) if one else None
+    one, two = runs["1 node"]["running_images_per_s"], runs["2 nodes"]["running_images_per_s"]
+    out["ratio_running"] = round(two / one, 3) if one and two else None
     return out

@@ -67,10 +67,11 @@ def markdown(r: dict) -> str:
         c = row["modes"].get("aeflow")
         if c:
             busy = c["manifest_seconds_sum"] / ((c["workers"] or 1) * c["wall_s"]) if c["wall_s"] else None
-            rows.append([row["job"], f"{row['size']}²", c["workers"], c["threads_per_worker"], c["wall_s"],
+            rows.append([row["job"], f"{row['size']}²", c.get("runner_used"), c.get("driver_rows"), c["workers"],
+                         c["threads_per_worker"], c["wall_s"],
                          c["process_wall_s"], c["first_task_s"], 1000.0 * c["manifest_seconds_sum"] / max(1, c["images"]),
                          _f(busy, 2), c["peak_rss_mib"], c["peak_processes"]])
-    lines += _table(["job", "size", "workers", "threads each", "job wall s", "process wall s",
+    lines += _table(["job", "size", "engine (auto)", "rows in the driver", "workers", "threads each", "job wall s", "process wall s",
                      "first batch starts s", "manifest ms/img", "busy", "peak RSS MiB", "processes"], rows)
 
     mem = r.get("memory")
@@ -93,10 +94,12 @@ def markdown(r: dict) -> str:
     sc = r.get("scaling")
     if sc:
         lines += ["", f"Scaling ({sc['job']}, {sc['n']} images {sc['size']}², `--address` to a local cluster):", ""]
-        rows = [[k, v["nodes"], v["cpus"], v["workers"], v["worker_nodes"], v["images_per_s"], v["process_images_per_s"]]
-                for k, v in sc["runs"].items()]
-        lines += _table(["cluster", "nodes", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)"], rows)
-        lines += ["", f"2 nodes / 1 node: {_f(sc.get('ratio'), 2)}"]
+        rows = [[k, v["nodes"], v["cpus"], v["workers"], v["worker_nodes"], v["images_per_s"], v["process_images_per_s"],
+                 v.get("running_images_per_s"), v.get("ray_startup_s")] for k, v in sc["runs"].items()]
+        lines += _table(["cluster", "nodes", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)",
+                         "img/s (job, once the actors answer)", "start-up s"], rows)
+        lines += ["", f"2 nodes / 1 node: {_f(sc.get('ratio'), 2)} (job), {_f(sc.get('ratio_running'), 2)} "
+                      "(once the actors answer)"]
     if r.get("scaling_error"):
         lines += ["", f"Scaling: not measured ({r['scaling_error'].splitlines()[0]})"]
     lines += ["", f"Bench wall time {r.get('bench_seconds')} s."]

@@ -207,7 +207,9 @@ def _memory(cfg: BenchConfig, models: dict, scratch: Path, device: str, make_pho
            "descendants (Ray gcs_server, raylet, workers), read from /proc every 0.2 s; peak over the run"}
     for key, folder in (("n", base), ("10n", big)):
         _say(f"memory: {job} {cfg.rss_size}px on {folder.name}")
-        r = run_cli(models[job], folder, scratch / f"out-mem-{key}", device, label=f"aeflow-{key}")
+        # --runner ray at both sizes: the default (auto) could keep N in-process and send 10N to Ray
+        r = run_cli(models[job], folder, scratch / f"out-mem-{key}", device, extra=("--runner", "ray"),
+                    label=f"aeflow-{key}")
         out[key] = r
         shutil.rmtree(scratch / f"out-mem-{key}", ignore_errors=True)
     out["rss_ratio"] = round(out["10n"]["peak_rss_mib"] / out["n"]["peak_rss_mib"], 3)

@@ -6,7 +6,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.report import artifact_key, job_markdown, search_markdown
-from pipeline.defaults import DEFAULT_BATCH_SIZE
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER
 
 # Usage and configuration errors are not transient: retrying them only delays the message.
 _PERMANENT = ("UsageError", "StoreError", "ModelIntegrityError", "FileNotFoundError", "NotADirectoryError",
@@ -79,7 +79,7 @@ def _batch(job: str, in_dir: str, out_dir: str, model: str, store: str | None, d
 @flow(name="denoise", flow_run_name="denoise-{model}", log_prints=True)
 def denoise_flow(in_dir: str, out_dir: str, model: str = "denoise", store: str | None = None, device: str = "auto",
                  address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["denoise"],
-                 workers: int | None = None, format: str = "same", overwrite: bool = False, runner: str = "ray",
+                 workers: int | None = None, format: str = "same", overwrite: bool = False, runner: str = DEFAULT_RUNNER,
                  tile: int = 512) -> dict:
     """Denoise every image under in_dir into out_dir (incremental)."""
     return _batch("denoise", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
@@ -89,7 +89,7 @@ def denoise_flow(in_dir: str, out_dir: str, model: str = "denoise", store: str |
 @flow(name="upscale", flow_run_name="upscale-{model}", log_prints=True)
 def upscale_flow(in_dir: str, out_dir: str, model: str = "upscale-x2", store: str | None = None,
                  device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["upscale"],
-                 workers: int | None = None, format: str = "same", overwrite: bool = False, runner: str = "ray",
+                 workers: int | None = None, format: str = "same", overwrite: bool = False, runner: str = DEFAULT_RUNNER,
                  tile: int = 512) -> dict:
     """Upscale every image under in_dir into out_dir (incremental)."""
     return _batch("upscale", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
@@ -99,7 +99,7 @@ def upscale_flow(in_dir: str, out_dir: str, model: str = "upscale-x2", store: st
 @flow(name="embed", flow_run_name="embed-{model}", log_prints=True)
 def embed_flow(in_dir: str, out_dir: str, model: str = "ae", store: str | None = None, device: str = "auto",
                address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["embed"], workers: int | None = None,
-               overwrite: bool = False, runner: str = "ray", index: bool = True, query: str | None = None,
+               overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True, query: str | None = None,
                k: int = 5) -> dict:
     """Embed every image under in_dir, build the index and optionally search it with a query image."""
     summary = _batch("embed", in_dir, out_dir, model, store, device, address, batch_size, workers, "same",

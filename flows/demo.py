@@ -8,6 +8,8 @@ from pathlib import Path
 
 from prefect import flow
 
+from pipeline.defaults import RUNNERS
+
 # Training budgets per mode, tuned for 2 CPU cores (full: about 5 minutes for the whole demo).
 # kind -> TrainSettings fields. The ae learns labelled crops of the sample photos (samples/ae-train), so its
 # kNN accuracy is measurable and the search groups crops of the same photo.
@@ -40,8 +42,8 @@ class DemoSettings:
     def __post_init__(self):
         if self.mode not in BUDGETS:
             raise ValueError(f"mode must be one of {', '.join(BUDGETS)}, not {self.mode!r}")
-        if self.runner not in ("ray", "local"):
-            raise ValueError(f"runner must be ray or local, not {self.runner!r}")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, not {self.runner!r}")
 
 
 @flow(name="demo", log_prints=True)

@@ -23,7 +23,7 @@ class ServeSettings:
     retrain_epochs: int = 10
     retrain_steps: int = 100
     retrain_size: str = "small"
-    runner: str = "ray"
+    runner: str = "auto"                  # pipeline.defaults.DEFAULT_RUNNER
     address: str | None = None
     device: str = "auto"
     timezone: str = "UTC"

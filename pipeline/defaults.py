@@ -4,3 +4,8 @@
 # so at 8 the per-batch overhead (Ray round trip, manifest write, driver bookkeeping) outweighs the work;
 # image2image batches hold whole images and their activations, so they stay small.
 DEFAULT_BATCH_SIZE = {"denoise": 8, "upscale": 8, "embed": 64}
+
+# Engines of a batch job. auto: in-process while the job is shorter than a local Ray's start-up, else local Ray
+# with the driver working until the actors are up (pipeline/auto_runner.py); an --address means Ray.
+RUNNERS = ("auto", "ray", "local")
+DEFAULT_RUNNER = "auto"

@@ -67,14 +67,22 @@ def connect(address: str | None) -> bool:
 
 
 def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]], None],
-            workers: int | None, address: str | None) -> dict:
-    """Process batches on Ray actors; on_rows gets each batch's rows on the driver. Returns engine facts."""
+            workers: int | None, address: str | None, bridge=None) -> dict:
+    """Process batches on Ray actors; on_rows gets each batch's rows on the driver. Returns engine facts.
+
+    bridge (pipeline.auto_runner.Bridge): the driver's own worker, which processes batches while Ray starts
+    and stops once the actors answer.
+    """
     import ray
 
     t0 = time.perf_counter()
-    started = connect(address)
+    if bridge is not None:
+        bridge.start(batches)  # before ray.init: it works through the start-up (ray.init must stay on this thread)
+        batches, on_rows = bridge.locked(batches), bridge.on_rows
     actors: list = []
+    started = False
     try:
+        started = connect(address)
         res = ray.cluster_resources()
         cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
         if spec.device == "cuda" and gpus < 1:
@@ -98,13 +106,21 @@ def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[
             log.warning("CUDA was requested but some workers fell back to CPU: %s",
                         sorted({(i["node"][:8], i["providers"][0]) for i in infos}))
         startup = time.perf_counter() - t0
+        if bridge is not None:
+            bridge.stop()  # it delivers the batch it is on; the pump goes on with the rest meanwhile
         retried = _pump(actors, batches, on_rows, spec)
+        bridge_rows = 0
+        if bridge is not None:
+            bridge.finish()
+            bridge_rows = bridge.rows
         return {"startup_s": round(startup, 3), "workers": n, "threads_per_worker": threads,
-                "retried_batches": retried,
+                "retried_batches": retried, "bridge_rows": bridge_rows,
                 "providers": infos[0]["providers"],
                 "device": infos[0]["device"], "ray_address": ray.get_runtime_context().gcs_address,
                 "worker_nodes": sorted({i["node"] for i in infos})}
     finally:
+        if bridge is not None:
+            bridge.finish()  # no-op when already finished; otherwise (an error above) waits for its batch
         for a in actors:  # free their CPUs now, also on a cluster that outlives this job
             ray.kill(a)
         if started:

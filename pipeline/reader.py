@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from aeflow.imageio import decode_image_alpha, display_size, iter_image_entries, open_image
+from aeflow.imageio import decode_with_header, iter_image_entries
 
 
 @dataclass
@@ -71,10 +71,8 @@ def read_input(path: str, channels: int = 3, min_side: int | None = None) \
     min_side: encoders pass their S so that a large JPEG decodes smaller (aeflow.imageio._draft); the input
     size returned is still the file's full size (EXIF orientation applied), as the manifest records it.
     """
-    data = read_bytes(path)
-    image, alpha = decode_image_alpha(data, channels=channels, min_side=min_side)
-    header = open_image(data)  # header only: the ICC profile and full size
-    return image, header.info.get("icc_profile"), alpha, display_size(header)
+    image, alpha, icc, size = decode_with_header(read_bytes(path), channels=channels, min_side=min_side)
+    return image, icc, alpha, size
 
 
 def read_decode(path: str, channels: int = 3, min_side: int | None = None) -> tuple[np.ndarray, bytes | None]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.defaults import DEFAULT_BATCH_SIZE
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, RUNNERS
 from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
 from pipeline.predictor import DEVICES, JobConfigError, ModelInfo, resolve_device
 from pipeline.reader import PlanSettings, Task, plan
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 JOB_ROLES = {"denoise": "image2image", "upscale": "image2image", "embed": "encoder"}
 DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
-RUNNERS = ("ray", "local")
 EMBED_FLUSH_ROWS = 1024  # vectors buffered on the driver before they become one durable part
 EMBED_FLUSH_S = 30.0
 FAILURES_SAMPLE = 10
@@ -45,7 +44,7 @@ class JobConfig:
     workers: int | None = None
     format: str = "same"  # same | png | jpg | webp
     overwrite: bool = False
-    runner: str = "ray"  # ray | local
+    runner: str = DEFAULT_RUNNER  # auto | ray | local
     tile: int = 512  # tile core size in input pixels for image2image models
     progress: bool = True
 
@@ -122,7 +121,11 @@ def run_job(cfg: JobConfig) -> dict:
         try:
             items = plan(in_dir, out_dir, PlanSettings(cfg.job, cfg.format, ref.sha256, cfg.overwrite), state, exclude)
             batches = _batches(items, cfg.batch_size, sink)
-            if cfg.runner == "ray":
+            if cfg.runner == "auto":
+                from pipeline.auto_runner import run_auto
+
+                engine = run_auto(spec, batches, sink.rows, cfg.workers, cfg.address)
+            elif cfg.runner == "ray":
                 from pipeline.ray_runner import run_ray
 
                 engine = run_ray(spec, batches, sink.rows, cfg.workers, cfg.address)

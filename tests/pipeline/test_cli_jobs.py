@@ -20,7 +20,7 @@ def test_help_and_choices(capsys):
         main(["denoise", "in", "out", "--runner", "dask"])
     assert e.value.code == 2
     a = build_parser().parse_args(["upscale", "i", "o"])
-    assert a.model == "upscale-x2" and a.runner == "ray" and a.tile == 512 and a.format == "same"
+    assert a.model == "upscale-x2" and a.runner == "auto" and a.tile == 512 and a.format == "same"
     assert build_parser().parse_args(["embed", "i", "o"]).model == "ae"
 
 

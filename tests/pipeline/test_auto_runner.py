@@ -1,0 +1,105 @@
+"""The default engine: in-process for small jobs, Ray with the driver bridging the start-up for larger ones."""
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+
+import pytest
+from pipeline_models import photo, save
+
+from pipeline import auto_runner
+from pipeline.auto_runner import Bridge, local_budget_s
+from pipeline.manifest import iter_rows, load_state
+from pipeline.runner import JobConfig, run_job
+from pipeline.writer import OutputSpaceError
+
+
+def test_local_budget_is_where_ray_would_break_even():
+    assert local_budget_s(6.0, 1) == math.inf  # one core: Ray never pays off on this machine
+    assert local_budget_s(6.0, 2) == pytest.approx(12.0)  # n·t = 6 + n·t/2
+    assert local_budget_s(6.0, 16) == pytest.approx(6.4)
+
+
+def _folder(root, n):
+    for i in range(n):
+        save(root / f"{i:03d}.png", photo(12, 14, i))
+    return root
+
+
+def _job(in_dir, out, store, **kw):
+    return run_job(JobConfig(job="denoise", in_dir=in_dir, out_dir=out, model="denoise", store=store,
+                             runner="auto", batch_size=2, progress=False, **kw))
+
+
+def test_small_job_stays_in_process(monkeypatch, store, tmp_path):
+    # a start-up that nothing could beat: the job must never reach Ray
+    monkeypatch.setattr(auto_runner, "RAY_START_S", 1e6)
+    monkeypatch.setattr(auto_runner, "ACTORS_START_S", 1e6)
+    monkeypatch.setattr("pipeline.ray_runner.run_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    src, out = _folder(tmp_path / "in", 7), tmp_path / "out"
+    s = _job(src, out, store)
+    assert s["runner_used"] == "local" and s["driver_rows"] == 7 and s["nodes"] == {"driver": 7}
+    assert s["counts"] == {"total": 7, "ok": 7, "failed": 0, "skipped": 0}
+    assert s["auto"]["local_budget_s"] > 0 and s["auto"]["first_batch_s_per_image"] > 0
+    assert all((out / f"{i:03d}.png").is_file() for i in range(7))
+
+
+def test_large_job_moves_to_ray_and_every_file_is_done_once(ray_session, monkeypatch, store, tmp_path):
+    # no budget: after its first batch the driver starts Ray, bridging until the actors answer
+    monkeypatch.setattr(auto_runner, "RAY_START_S", 0.0)
+    monkeypatch.setattr(auto_runner, "ACTORS_START_S", 0.0)
+    src, out = _folder(tmp_path / "in", 30), tmp_path / "out"
+    s = _job(src, out, store)
+    assert s["runner_used"] == "ray" and s["counts"]["ok"] == 30
+    assert s["driver_rows"] >= 2  # the first batch is always the driver's (it measures the work)
+    assert s["nodes"].get("driver", 0) == s["driver_rows"] and sum(s["nodes"].values()) == 30
+    assert "ray_startup_s" in s and s["workers"] >= 1
+    paths = Counter(r["path"] for r in iter_rows(out))
+    assert paths == Counter({f"{i:03d}.png": 1 for i in range(30)})  # none twice, none lost
+    assert all((out / p).is_file() for p in paths)
+    s2 = _job(src, out, store)  # resume: all skipped, on whichever engine
+    assert s2["counts"] == {"total": 30, "ok": 0, "failed": 0, "skipped": 30}
+
+
+def test_explicit_workers_mean_ray_without_a_bridge(ray_session, store, tmp_path):
+    src, out = _folder(tmp_path / "in", 5), tmp_path / "out"
+    s = _job(src, out, store, workers=1)
+    assert s["runner_used"] == "ray" and s["driver_rows"] == 0 and "driver" not in s["nodes"]
+    assert len(load_state(out)) == 5
+
+
+class _FakeWorker:
+    def __init__(self, fail_on=None):
+        self.fail_on, self.seen, self.threads = fail_on, [], set()
+
+    def process(self, batch):
+        self.threads.add(threading.get_ident())
+        if batch == self.fail_on:
+            raise OutputSpaceError("disk full")
+        self.seen.append(batch)
+        return [{"path": t} for t in batch]
+
+
+def test_bridge_shares_the_batches_with_the_pump():
+    worker, delivered = _FakeWorker(), []
+    bridge = Bridge(worker, delivered.extend)
+    raw = iter([[i, i + 1000] for i in range(200)])
+    bridge.start(raw)
+    pumped = []
+    for batch in bridge.locked(raw):  # the pump's side, on this thread, while the bridge runs
+        pumped.append(batch)
+        bridge.on_rows([{"path": t} for t in batch])
+    bridge.finish()
+    got = sorted(r["path"] for r in delivered)
+    assert got == sorted(list(range(200)) + list(range(1000, 1200)))  # each batch exactly once
+    assert len(worker.seen) + len(pumped) == 200 and bridge.rows == 2 * len(worker.seen)
+    assert threading.get_ident() not in worker.threads  # the bridge worked on its own thread
+    assert bridge.worker is None  # freed once finished
+
+
+def test_bridge_error_reaches_the_main_thread():
+    bridge = Bridge(_FakeWorker(fail_on=[1]), lambda rows: None)
+    bridge.start(iter([[0], [1], [2]]))
+    with pytest.raises(OutputSpaceError):
+        bridge.finish()
