@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from aeflow.cli import UsageError
-from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, RUNNERS
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 
 _JOB_HELP = {
     "denoise": "denoise every image under IN_DIR into OUT_DIR (same tree)",
@@ -39,6 +39,9 @@ def add_commands(sub) -> None:
                        help="inputs per batch (default %(default)s for this job)")
         p.add_argument("--workers", type=_positive, default=None,
                        help="Ray actors (default: one per CPU, or per GPU with --device cuda)")
+        p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto (default): the model's int8 graph on CPU when it ships one (PSNR-checked at "
+                            "export), else fp32; fp32; int8 (exit 2 if the model has none)")
         p.add_argument("--tile", type=_positive, default=512,
                        help="image2image: images larger than this many input pixels run in overlapping tiles")
         if job != "embed":
@@ -77,12 +80,13 @@ def _cmd_job(args) -> int:
     cfg = JobConfig(job=args.job, in_dir=args.in_dir, out_dir=args.out_dir, model=args.model, store=args.store,
                     device=args.device, address=args.address, batch_size=args.batch_size, workers=args.workers,
                     format=getattr(args, "format", "same"), overwrite=args.overwrite, runner=args.runner,
-                    tile=args.tile, progress=args.progress)
+                    tile=args.tile, progress=args.progress, precision=args.precision)
     s = run_job(cfg)
     c = s["counts"]
     print(f"{args.job}: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed of {c['total']} "
           f"in {s['wall_s']}s ({s['images_per_s_running']} img/s after {s['startup_s']}s start-up) "
-          f"on {s['device']} [{', '.join(s['providers'])}], model {s['model']['name']}:{s['model']['version']}; "
+          f"on {s['device']} [{', '.join(s['providers'])}], model {s['model']['name']}:{s['model']['version']} "
+          f"({s['precision']}); "
           f"manifest {Path(s['out_dir']) / s['manifest']}")
     if c["failed"]:
         for f in s["failures_sample"]:

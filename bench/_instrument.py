@@ -97,8 +97,8 @@ def run_aeflow_local(bm: BenchModel, in_dir: Path, out_dir: Path, device: str) -
         (reader, "iter_listing", ex.gen, "list"), (reader, "iter_inputs", ex.gen, "list"),  # walk + stat
         (worker, "_decode", ex.fn, "read"), (worker, "read_decode", ex.fn, "read"),  # exclusive: the rest
         (reader, "read_bytes", ex.fn, "read"),
+        (reader, "decode_with_header", ex.fn, "decode"),  # one open: pixels, ICC profile and full size
         (reader, "decode_image_alpha", ex.fn, "decode"), (reader, "decode_image", ex.fn, "decode"),
-        (reader, "open_image", ex.fn, "decode"),  # the second open of the bytes, for the ICC profile
         (inference, "center_square", ex.fn, "decode"), (worker, "center_square", ex.fn, "decode"),  # encoders
         (predictor.Predictor, "__call__", ex.fn, "infer"),
         (writer, "with_alpha", ex.fn, "encode"), (writer, "encode_image", ex.fn, "encode"),

@@ -19,6 +19,7 @@ class BenchModel:
     torch: object  # the torch nn.Module (eval mode, CPU)
     input_size: int  # encoders: S (images are resized + centre-cropped to S×S); 0 for image2image
     trained: bool
+    precision: str = "fp32"  # the graph in `onnx`: the one `aeflow JOB --precision auto` runs on CPU
 
 
 def _input_size(model) -> int:
@@ -51,15 +52,26 @@ def untrained_models(jobs: list[str], store_root: Path, seed: int = 0) -> dict[s
 
 
 def stored_models(jobs: list[str], store_root: Path) -> dict[str, BenchModel]:
-    """The jobs' default models from an existing store (trained weights; checkpoint.pt rebuilds the torch side)."""
-    from aeflow.store import ModelStore
+    """The jobs' default models from a store (an empty one: the shipped models), trained weights.
+
+    The torch side comes from checkpoint.pt, or (shipped versions have none) from the card + ONNX weights.
+    The ONNX side is the graph the CLI picks on CPU: model.int8.onnx when the version has one.
+    """
+    from aeflow.store import INT8_FILE, ModelStore
     from models.checkpoint import load_model
+    from models.quantize import model_from_onnx
     from pipeline.runner import DEFAULT_MODELS
 
     store = ModelStore(store_root)
     out = {}
     for job in jobs:
         ref = store.resolve(DEFAULT_MODELS[job])
-        model = load_model(ref.file("checkpoint.pt", verify=False)).eval()
-        out[job] = BenchModel(job, Path(store_root), ref.id, ref.onnx_path(), model, _input_size(model), True)
+        if (ref.path / "checkpoint.pt").is_file():
+            model = load_model(ref.file("checkpoint.pt", verify=False)).eval()
+        else:
+            model = model_from_onnx(ref.card, ref.onnx_path())
+        int8 = INT8_FILE in ref.card.get("files", {})
+        onnx = ref.file(INT8_FILE) if int8 else ref.onnx_path()
+        out[job] = BenchModel(job, Path(store_root), ref.id, onnx, model, _input_size(model), True,
+                              "int8" if int8 else "fp32")
     return out

@@ -41,6 +41,7 @@ class BenchConfig:
     modes: tuple[str, ...] = MODES
     work: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "aeflow-bench")
     store: Path | None = None  # None: untrained default-size models exported into a temp store
+    shipped: bool = False  # the shipped models (an empty store resolves to them)
     device: str = "cpu"
     naive_batch: int = 16
     floor_batch: int | None = None  # None: the job's default --batch-size (pipeline.defaults), so (b) and (c) batch alike
@@ -141,10 +142,14 @@ def run(cfg: BenchConfig) -> dict:
                     "argv": sys.argv, "device": device, "device_note": note, "targets": TARGETS, "results": []}
     t_start = time.perf_counter()
     try:
-        _say(f"models ({'store ' + str(cfg.store) if cfg.store else 'untrained, exported to a temp store'})")
-        models = (stored_models(list(cfg.jobs), cfg.store) if cfg.store
-                  else untrained_models(list(cfg.jobs), scratch / "store"))
-        report["models"] = {j: {"spec": m.spec, "onnx": str(m.onnx), "trained": m.trained,
+        what = ("shipped" if cfg.shipped else f"store {cfg.store}" if cfg.store
+                else "untrained, exported to a temp store")
+        _say(f"models ({what})")
+        if cfg.shipped or cfg.store:
+            models = stored_models(list(cfg.jobs), cfg.store or (scratch / "empty-store"))
+        else:
+            models = untrained_models(list(cfg.jobs), scratch / "store")
+        report["models"] = {j: {"spec": m.spec, "onnx": str(m.onnx), "trained": m.trained, "precision": m.precision,
                                 "kind": getattr(m.torch, "kind", None), "config": asdict(m.torch.cfg)}
                             for j, m in models.items()}
         for size in cfg.sizes:
@@ -247,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--modes", type=_csv_choice(MODES), default=d.modes, help=f"subset of {','.join(MODES)}")
     p.add_argument("--work", type=Path, default=d.work, help="cache of generated photos (default %(default)s)")
     p.add_argument("--store", type=Path, default=None, help="use the trained models of this store")
+    p.add_argument("--shipped", action="store_true",
+                   help="use the models shipped in aeflow/shipped (int8 graph where one ships, as the CLI on CPU)")
     p.add_argument("--device", choices=DEVICES, default=d.device,
                    help="cuda: torch, onnxruntime and the job on the GPU (falls back to CPU with a message)")
     p.add_argument("--naive-batch", type=int, default=d.naive_batch)
@@ -267,7 +274,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     cfg = BenchConfig(n=a.n, sizes=a.sizes, jobs=a.jobs, modes=a.modes, work=a.work, store=a.store, device=a.device,
                       naive_batch=a.naive_batch, floor_batch=a.floor_batch, rss_n=a.rss_n, rss_size=a.rss_size,
                       rss_factor=a.rss_factor, memory=a.memory, model_only=a.model_only, model_only_batch=a.model_only_batch,
-                      scaling=a.scaling, scaling_n=a.scaling_n, out=a.out, keep_outputs=a.keep_outputs)
+                      scaling=a.scaling, scaling_n=a.scaling_n, out=a.out, keep_outputs=a.keep_outputs,
+                      shipped=a.shipped)
     if min(cfg.n, cfg.rss_n or cfg.n, cfg.naive_batch, cfg.floor_batch or 1, cfg.rss_factor) < 1:
         p.error("--n, --rss-n, batches and --rss-factor must be >= 1")
     return quick(cfg) if a.quick else cfg

@@ -41,7 +41,14 @@ def export_model(checkpoint: Path, out_dir: Path, name: str, version: int) -> di
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = export_onnx(load_model(checkpoint), out_dir / "model.onnx", name=name, version=version)
+    model = load_model(checkpoint)
+    result = export_onnx(model, out_dir / "model.onnx", name=name, version=version)
+    if model.kind in ("denoise", "upscale"):
+        from models.quantize import INT8_FILE, build_int8
+
+        # jobs on CPU run this graph by default (--precision auto), and only when it kept the PSNR
+        result["int8"] = build_int8(model, model.kind, int(getattr(model.cfg, "scale", 1)), out_dir / "model.onnx",
+                                    out_dir / INT8_FILE)
     if Path(checkpoint).resolve() != (out_dir / "checkpoint.pt").resolve():
         tmp = out_dir / ".checkpoint.pt.tmp"
         shutil.copy2(checkpoint, tmp)
@@ -75,6 +82,7 @@ def make_card(*, settings, result, metrics: dict, export: dict, pictures: list[s
         "parity": parity,
         "onnx": onnx,
         "pictures": sorted(Path(p).name for p in pictures),
+        **({"int8": export["int8"]} if "int8" in export else {}),
         "training": {"device": result.device, "seconds": result.seconds, "epochs": len(history),
                      "best_epoch": best["epoch"] if best else None, "history": history},
     }

@@ -9,3 +9,7 @@ DEFAULT_BATCH_SIZE = {"denoise": 8, "upscale": 8, "embed": 64}
 # with the driver working until the actors are up (pipeline/auto_runner.py); an --address means Ray.
 RUNNERS = ("auto", "ray", "local")
 DEFAULT_RUNNER = "auto"
+
+# Which graph of the model runs. auto: the version's int8 graph (model.int8.onnx, built and PSNR-checked at
+# export) on CPU when it has one, else model.onnx; fp32: always model.onnx; int8: the int8 graph or exit 2.
+PRECISIONS = ("auto", "fp32", "int8")

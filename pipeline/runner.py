@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, RUNNERS
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
 from pipeline.predictor import DEVICES, JobConfigError, ModelInfo, resolve_device
 from pipeline.reader import PlanSettings, Task, plan
@@ -46,6 +46,7 @@ class JobConfig:
     overwrite: bool = False
     runner: str = DEFAULT_RUNNER  # auto | ray | local
     tile: int = 512  # tile core size in input pixels for image2image models
+    precision: str = "auto"  # auto | fp32 | int8 (pipeline.defaults.PRECISIONS)
     progress: bool = True
 
     def __post_init__(self):
@@ -62,7 +63,7 @@ def _check(cfg: JobConfig) -> tuple[Path, Path, Path | None]:
     if cfg.job not in JOB_ROLES:
         raise JobConfigError(f"unknown job {cfg.job!r}; choose from {', '.join(JOB_ROLES)}")
     for name, value, choices in (("runner", cfg.runner, RUNNERS), ("format", cfg.format, OUTPUT_FORMATS),
-                                 ("device", cfg.device, DEVICES)):
+                                 ("device", cfg.device, DEVICES), ("precision", cfg.precision, PRECISIONS)):
         if value not in choices:
             raise JobConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
     if cfg.batch_size < 1 or cfg.tile < 1 or (cfg.workers is not None and cfg.workers < 1):
@@ -80,15 +81,23 @@ def _check(cfg: JobConfig) -> tuple[Path, Path, Path | None]:
     return in_dir, out_dir, exclude
 
 
-def _load_model(cfg: JobConfig):
-    from aeflow.store import ModelStore
+def _load_model(cfg: JobConfig, device: str):
+    """(ref, graph path, its sha256, ModelInfo, precision) for the job's model and --precision."""
+    from aeflow.store import INT8_FILE, ModelStore
 
     ref = ModelStore(cfg.store).resolve(cfg.model)
-    path = ref.onnx_path()  # verifies sha256: a tampered model is refused (exit 2)
+    files = ref.card.get("files", {})
+    if cfg.precision == "int8" and INT8_FILE not in files:
+        raise JobConfigError(f"model {ref.id} has no int8 graph ({INT8_FILE}: built at export for denoise/upscale "
+                             "models when it keeps their PSNR); use --precision auto or fp32")
+    int8 = cfg.precision == "int8" or (cfg.precision == "auto" and INT8_FILE in files and device == "cpu")
+    # verifies sha256: a tampered model is refused (exit 2)
+    path = ref.file(INT8_FILE) if int8 else ref.onnx_path()
     info = read_model_info(path)
     if info.role != JOB_ROLES[cfg.job]:
         raise JobConfigError(f"model {ref.id} is an {info.role} model; `{cfg.job}` needs {JOB_ROLES[cfg.job]}")
-    return ref, path, info
+    # the graph's own hash: outputs of the other precision are redone by an incremental run, not kept
+    return ref, path, files[INT8_FILE] if int8 else ref.sha256, info, "int8" if int8 else "fp32"
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
@@ -104,12 +113,12 @@ def run_job(cfg: JobConfig) -> dict:
     from pipeline.worker import WorkerSpec
 
     in_dir, out_dir, exclude = _check(cfg)
-    ref, model_path, info = _load_model(cfg)
     device = resolve_device(cfg.device)
+    ref, model_path, sha, info, precision = _load_model(cfg, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = new_run_id()
     spec = WorkerSpec(job=cfg.job, model_path=str(model_path), model_name=ref.name, model_version=ref.version,
-                      model_sha256=ref.sha256, out_dir=str(out_dir), device=device, threads=os.cpu_count() or 1,
+                      model_sha256=sha, out_dir=str(out_dir), device=device, threads=os.cpu_count() or 1,
                       tile=cfg.tile, batch_size=cfg.batch_size, run=run)
     with RunLock(out_dir):
         if cfg.job == "embed":
@@ -119,7 +128,7 @@ def run_job(cfg: JobConfig) -> dict:
         manifest = ManifestWriter(out_dir, run)
         sink = _Sink(cfg, out_dir, manifest, run, f"{ref.name}:{ref.version}")
         try:
-            items = plan(in_dir, out_dir, PlanSettings(cfg.job, cfg.format, ref.sha256, cfg.overwrite), state, exclude)
+            items = plan(in_dir, out_dir, PlanSettings(cfg.job, cfg.format, sha, cfg.overwrite), state, exclude)
             batches = _batches(items, cfg.batch_size, sink)
             if cfg.runner == "auto":
                 from pipeline.auto_runner import run_auto
@@ -147,7 +156,9 @@ def run_job(cfg: JobConfig) -> dict:
                 except OSError as exc:
                     _raise_if_full(exc, out_dir)
                     raise
-        summary = _summary(cfg, run, in_dir, out_dir, ref, info, sink, manifest, time.perf_counter() - t0, engine)
+        engine["precision"] = precision
+        summary = _summary(cfg, run, in_dir, out_dir, ref, sha, info, sink, manifest, time.perf_counter() - t0,
+                           engine)
         write_summary(out_dir, summary)
     return summary
 
@@ -159,12 +170,12 @@ def _raise_if_full(exc: OSError, out_dir: Path) -> None:
                                "rerun the same command to resume") from None
 
 
-def _summary(cfg: JobConfig, run: str, in_dir: Path, out_dir: Path, ref, info: ModelInfo, sink: "_Sink",
+def _summary(cfg: JobConfig, run: str, in_dir: Path, out_dir: Path, ref, sha: str, info: ModelInfo, sink: "_Sink",
              manifest: ManifestWriter, wall: float, engine: dict) -> dict:
     ok = sink.counts.get("ok", 0)
     summary = {
         "job": cfg.job, "run": run, "in_dir": str(in_dir), "out_dir": str(out_dir), "runner": cfg.runner,
-        "model": {"spec": cfg.model, "name": ref.name, "version": ref.version, "sha256": ref.sha256,
+        "model": {"spec": cfg.model, "name": ref.name, "version": ref.version, "sha256": sha,
                   "role": info.role, "scale": info.scale, "halo": info.halo},
         "counts": {"total": sum(sink.counts.values()),
                    **{k: sink.counts.get(k, 0) for k in ("ok", "failed", "skipped")}},

@@ -83,3 +83,25 @@ def test_tree_sampler_counts_descendants():
     finally:
         p.wait()
     assert mem.peak_processes == 2 and mem.peak_rss_mib > 1 and mem.samples >= 1
+
+
+def test_shipped_models_give_the_cli_graph_and_matching_torch_weights(tmp_path):
+    """--shipped: the floor gets the graph the CLI runs on CPU (int8 where shipped); torch gets the same weights."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from aeflow.store import ModelStore
+    from bench._models import stored_models
+
+    models = stored_models(["upscale", "embed"], tmp_path / "empty-store")
+    up, emb = models["upscale"], models["embed"]
+    assert up.precision == "int8" and up.onnx.name == "model.int8.onnx" and up.trained
+    assert emb.precision == "fp32" and emb.onnx.name == "model.onnx" and emb.input_size == 28
+    x = np.random.default_rng(0).integers(0, 256, (1, 24, 24, 3), dtype=np.uint8)
+    fp32 = ModelStore(tmp_path / "empty-store").resolve("upscale-x2").onnx_path()
+    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.inference_mode():
+        t = up.torch(torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255))
+    got = t.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got.astype(int) - ref).max() <= 1  # model_from_onnx rebuilt the shipped weights

@@ -127,3 +127,37 @@ def test_first_denoise_works_out_of_the_box(tmp_path):
     assert r.returncode == 0, r.stderr
     out = np.asarray(Image.open(tmp_path / "out" / "a.png"))
     assert _psnr(out, clean) > _psnr(noisy, clean) + 3.0
+
+
+def test_upscale_runs_the_int8_graph_on_cpu_and_fp32_on_request(tmp_path):
+    """--precision auto picks the shipped int8 graph on CPU; switching precision redoes the outputs."""
+    from aeflow.store import INT8_FILE
+    from pipeline.runner import JobConfig, run_job
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in ("rocket", "coins"):
+        Image.fromarray(_heldout_crop(name, 48)).save(src / f"{name}.png")
+    cfg = dict(job="upscale", in_dir=src, out_dir=out, model="upscale-x2", store=tmp_path / "empty-store",
+               device="cpu", runner="local", progress=False)
+    ref = _shipped("upscale-x2")
+    assert ref.card["int8"]["kept"] and ref.card["int8"]["check"]["median_delta_db"]["x2"] >= -0.1
+    s = run_job(JobConfig(**cfg))
+    assert s["precision"] == "int8" and s["model"]["sha256"] == ref.card["files"][INT8_FILE]
+    int8_out = np.asarray(Image.open(out / "rocket.png"))
+    s = run_job(JobConfig(**cfg, precision="fp32"))
+    assert s["precision"] == "fp32" and s["counts"]["ok"] == 2  # another graph: redone, not skipped
+    fp32_out = np.asarray(Image.open(out / "rocket.png"))
+    assert int8_out.shape == fp32_out.shape == (96, 96, 3)
+    assert 0 < np.abs(int8_out.astype(int) - fp32_out).mean() < 2.0
+    assert run_job(JobConfig(**cfg, precision="fp32"))["counts"]["skipped"] == 2
+
+
+def test_int8_request_without_an_int8_graph_is_a_usage_error(tmp_path):
+    from pipeline.runner import JobConfig, JobConfigError, run_job
+
+    assert not _shipped("denoise").card["int8"]["kept"]  # measured: -0.11 dB median at sigma 15 (card)
+    (tmp_path / "in").mkdir()
+    with pytest.raises(JobConfigError, match="no int8 graph"):
+        run_job(JobConfig(job="denoise", in_dir=tmp_path / "in", out_dir=tmp_path / "out", model="denoise",
+                          store=tmp_path / "empty-store", precision="int8", progress=False))

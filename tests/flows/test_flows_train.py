@@ -55,3 +55,8 @@ def test_gate_refuses_worse_and_accepts_better(prefect_api, flow_run_artifacts, 
     for v in (1, 2, 3):
         assert (Path(store) / "denoise" / str(v) / "checkpoint.pt").is_file()
         assert (Path(store) / "denoise" / str(v) / "model.onnx").is_file()
+        # export also tried an int8 graph; the card says whether it kept the PSNR, and the files agree
+        card = ModelStore(store).get("denoise", v).card
+        assert set(card["int8"]["check"]["delta_db"]) == {"sigma15", "sigma25", "sigma50"}
+        assert ("model.int8.onnx" in card["files"]) == card["int8"]["kept"]
+        assert (Path(store) / "denoise" / str(v) / "model.int8.onnx").is_file() == card["int8"]["kept"]
