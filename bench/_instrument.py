@@ -29,7 +29,18 @@ class _Exclusive:
     """Exclusive time per stage: a timed call nested in another (decode inside read_decode) counts once."""
 
     def __init__(self, st: Stages):
-        self.st, self.stack = st, []  # stack of [seconds spent in timed children]
+        import threading
+
+        # per thread: a worker with several cores decodes a batch on a thread pool, so stage times are then
+        # summed over threads and can exceed the wall time ('other' goes negative)
+        self.st, self._local = st, threading.local()
+
+    @property
+    def stack(self) -> list:
+        """This thread's stack of [seconds spent in timed children]."""
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
 
     def enter(self) -> float:
         self.stack.append(0.0)

@@ -21,6 +21,11 @@ class BenchModel:
     trained: bool
     precision: str = "fp32"  # the graph in `onnx`: the one `aeflow JOB --precision auto` runs on CPU
 
+    @property
+    def channels(self) -> int:
+        """Channels the model takes (the shipped ae is grey: 1); image2image models take RGB."""
+        return int(getattr(self.torch.cfg, "channels", 3)) if self.input_size else 3
+
 
 def _input_size(model) -> int:
     return int(getattr(model.cfg, "input_size", 0)) if callable(getattr(model, "encode", None)) else 0

@@ -63,7 +63,7 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
-def _decode(data: bytes, input_size: int, draft: bool = False) -> np.ndarray:
+def _decode(data: bytes, input_size: int, draft: bool = False, channels: int = 3) -> np.ndarray:
     """Pillow decode to RGB (+ resize/centre crop to S×S for encoders, as the pipeline's reader does).
 
     draft: let libjpeg downscale encoder inputs in the DCT domain, as the job does (aeflow.imageio min_side);
@@ -74,9 +74,10 @@ def _decode(data: bytes, input_size: int, draft: bool = False) -> np.ndarray:
     if draft and input_size:
         from aeflow.imageio import decode_image
 
-        a = decode_image(data, channels=3, min_side=input_size)
+        a = decode_image(data, channels=channels, min_side=input_size)
     else:
-        a = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        a = np.asarray(Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB"))
+        a = a[..., None] if a.ndim == 2 else a
     if input_size:
         from pipeline.reader import center_square
 
@@ -125,7 +126,7 @@ def run_naive(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, threads:
                 with st("read"):
                     data = p.read_bytes()
                 with st("decode"):
-                    arrays.append(_decode(data, bm.input_size))
+                    arrays.append(_decode(data, bm.input_size, channels=bm.channels))
             for run_paths, x in _same_shape_runs(chunk, arrays):
                 with st("infer"):
                     t = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div(255)
@@ -173,7 +174,7 @@ def run_floor(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, threads:
             with st("read"):
                 data = p.read_bytes()
             with st("decode"):
-                arrays.append(_decode(data, bm.input_size, draft=True))
+                arrays.append(_decode(data, bm.input_size, draft=True, channels=bm.channels))
         for run_paths, x in _same_shape_runs(chunk, arrays):
             with st("infer"):
                 y = sess.run(None, {name: x})[0]

@@ -73,6 +73,20 @@ class BatchWorker:
         self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
         self.info = self.predictor.info
         self.out_root = Path(spec.out_dir)
+        # A worker with several cores decodes a batch's files in parallel (Pillow's decoders release the GIL):
+        # for encoders decoding is nearly all the work. One-thread workers (Ray actors on small nodes) do not.
+        self.pool = None
+        if spec.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="aeflow-decode")
+
+    def _decode_one(self, t: Task) -> _Decoded | tuple[str, float]:
+        t0 = time.perf_counter()
+        try:
+            return _decode(t, self.info, t0)
+        except Exception as exc:  # noqa: BLE001 - one bad file fails only its own row
+            return _err(exc), time.perf_counter() - t0
 
     def describe(self) -> dict:
         """Providers and device actually used by this worker's session."""
@@ -91,12 +105,13 @@ class BatchWorker:
         """
         decoded: list[tuple[int, _Decoded]] = []
         rows: dict[int, dict] = {}
-        for i, t in enumerate(tasks):
-            t0 = time.perf_counter()
-            try:
-                decoded.append((i, _decode(t, self.info, t0)))
-            except Exception as exc:  # noqa: BLE001 - one bad file fails only its own row
-                rows[i] = self._row(t, status="failed", error=_err(exc), seconds=time.perf_counter() - t0)
+        results = self.pool.map(self._decode_one, tasks) if self.pool and len(tasks) > 1 else \
+            map(self._decode_one, tasks)
+        for i, (t, d) in enumerate(zip(tasks, results)):
+            if isinstance(d, _Decoded):
+                decoded.append((i, d))
+            else:
+                rows[i] = self._row(t, status="failed", error=d[0], seconds=d[1])
         if decoded:
             t0 = time.perf_counter()
             images = [d.image for _, d in decoded]
