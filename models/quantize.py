@@ -19,7 +19,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 from aeflow.store import INT8_FILE  # noqa: E402 - light (no torch)
-MAX_LOSS_DB = 0.1  # an int8 graph whose median per-crop loss exceeds this on any check set is not kept
+# An int8 graph whose mean PSNR on any check set is more than this below fp32's is not kept. (The shipped
+# denoiser's best int8 graphs, 1.9-2.6x faster, lose 0.17-0.30 dB at sigma 15 on average: near-flat crops
+# where fp32 reaches 40+ dB lose 1-2 dB to the activation steps, though the median crop loses under 0.1.)
+MAX_LOSS_DB = 0.1
 SIGMAS = (15, 25, 50)
 CALIB_CROPS = 24  # 48 gave the same graph quality at twice the time
 
@@ -201,11 +204,11 @@ def build_int8(model, kind: str, scale: int, fp32: Path, out: Path) -> dict:
         _quantize(corrected, out, calib, keep)
     _copy_metadata(fp32, out, {"aeflow.precision": "int8"})
     check = psnr_check(kind, scale, fp32, out)
-    loss = -min(check["median_delta_db"].values())
-    facts = {"file": out.name, "recipe": recipe, "check": check, "max_median_loss_db": MAX_LOSS_DB,
+    loss = -min(check["delta_db"].values())
+    facts = {"file": out.name, "recipe": recipe, "check": check, "max_loss_db": MAX_LOSS_DB,
              "kept": loss <= MAX_LOSS_DB}
     if not facts["kept"]:
-        log.warning("int8 graph loses %.3f dB on a median crop (> %.2f): not kept", loss, MAX_LOSS_DB)
+        log.warning("int8 graph loses %.3f dB of mean PSNR (> %.2f): not kept", loss, MAX_LOSS_DB)
         out.unlink()
     return facts
 
