@@ -17,9 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
-from onnx import numpy_helper
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -27,8 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the checkout's packages i
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._quality_data import load_photos  # noqa: E402
 from bench._quality_metrics import psnr, psnr_y  # noqa: E402
-from models.data import TRAIN_PHOTOS, bicubic_down, skimage_photo  # noqa: E402
-from models.registry import create_model  # noqa: E402
+from models.data import bicubic_down  # noqa: E402
+from models.quantize import _bias_correct, _reader, crops as quantize_crops, model_from_onnx  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parent.parent / "aeflow" / "shipped"
 SIGMAS = (15, 25, 50)
@@ -60,27 +58,18 @@ def loadavg() -> str:
 
 
 def calibration(job: str, seed: int, n: int = 12, batch: int = 4) -> list[np.ndarray]:
-    """uint8 NHWC batches from TRAIN_PHOTOS only: 128² crops + noise σ 15/25/50 (denoise), 256² crops / 2 (upscale)."""
-    size = 128 if job == "denoise" else 256
-    photos = [a for a in (skimage_photo(p) for p in TRAIN_PHOTOS) if min(a.shape[:2]) >= size]
-    rng, crops = np.random.default_rng([seed, 8]), []
-    for i in range(n):
-        a = photos[i % len(photos)]
-        y, x = rng.integers(a.shape[0] - size + 1), rng.integers(a.shape[1] - size + 1)
-        c = a[y:y + size, x:x + size]
-        if job == "denoise":
-            c = np.clip(np.rint(c + rng.standard_normal(c.shape) * SIGMAS[i % 3]), 0, 255).astype(np.uint8)
-        crops.append(c if job == "denoise" else bicubic_down(c, 2))
-    return [np.stack(crops[i:i + batch]) for i in range(0, n, batch)]
+    """uint8 NHWC batches from TRAIN_PHOTOS only: 128² crops + noise σ 15/25/50 (denoise), 256² crops / 2 (upscale).
+
+    The same crops as the shipped recipe (models.quantize.crops), so the study and the export agree.
+    """
+    xs = [x for x, _ in quantize_crops("denoise" if job == "denoise" else "upscale", 1 if job == "denoise" else 2,
+                                       seed, n=n)]
+    return [np.stack(xs[i:i + batch]) for i in range(0, n, batch)]
 
 
 def torch_model(job: str, onnx_path: Path):
     """The shipped architecture in torch eager with the ONNX file's weights (the bench's naive path)."""
-    m = (create_model("denoise", "small", max_dilation=4) if job == "denoise"
-         else create_model("upscale", "small", scale=2)).eval()
-    m.load_state_dict({i.name[len("core.model."):]: torch.from_numpy(numpy_helper.to_array(i).copy())
-                       for i in onnx.load(str(onnx_path)).graph.initializer}, strict=True)
-    return m
+    return model_from_onnx(json.loads((onnx_path.parent / "card.json").read_text()), onnx_path)
 
 
 def torch_run(model, x: np.ndarray) -> np.ndarray:
@@ -91,41 +80,8 @@ def torch_run(model, x: np.ndarray) -> np.ndarray:
 
 
 def bias_correct(src: Path, qpath: Path, model, calib: list[np.ndarray], out: Path) -> list[str]:
-    """Bias correction (Nagel et al. 2019): b -= mean over calibration inputs of conv(x, W_int8 - W) per output
-    channel, for each conv whose weights `qpath` quantized; writes the corrected float graph to `out`."""
-    q = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(qpath)).graph.initializer}
-    convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    inputs: dict[str, list] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.setdefault(n, []).append(i[0].clone()))
-             for n, m in convs.items()]
-    for b in calib:
-        torch_run(model, b)
-    for h in hooks:
-        h.remove()
-    g, done = onnx.load(str(src)), []
-    init = {i.name: i for i in g.graph.initializer}
-    for n, m in convs.items():
-        w = f"core.model.{n}.weight"
-        if f"{w}_quantized" in q:
-            wq = q[f"{w}_quantized"].astype(np.float32) * q[f"{w}_scale"].reshape(-1, 1, 1, 1)
-            dw = torch.from_numpy(wq - numpy_helper.to_array(init[w]))
-            with torch.inference_mode():
-                d = F.conv2d(torch.cat(inputs[n]), dw, None, m.stride, m.padding, m.dilation, m.groups).mean((0, 2, 3))
-            b = init[f"core.model.{n}.bias"]
-            b.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(b) - d.numpy(), b.name))
-            done.append(n)
-    onnx.save(g, str(out))
-    return done
-
-
-class Reader(CalibrationDataReader):
-    """quantize_static's calibration feed: the batches as {'image': uint8 NHWC}."""
-
-    def __init__(self, batches: list[np.ndarray]):
-        self.it = iter([{"image": b} for b in batches])
-
-    def get_next(self):
-        return next(self.it, None)
+    """Bias correction as the export applies it (models.quantize._bias_correct, Nagel et al. 2019)."""
+    return _bias_correct(model, src, qpath, calib, out)
 
 
 def quantize(src: Path, out: Path, recipe: dict, calib: list[np.ndarray], model) -> dict:
@@ -140,11 +96,11 @@ def quantize(src: Path, out: Path, recipe: dict, calib: list[np.ndarray], model)
               op_types_to_quantize=r["ops"], nodes_to_exclude=[convs[k] for k in r["keep"]],
               extra_options={"CalibPercentile": 99.999} if r["calib"] == "Percentile" else {})
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-        quantize_static(str(src), str(out), Reader(calib), **kw)
+        quantize_static(str(src), str(out), _reader(calib), **kw)
         args = {"call": "quantize_static", **kw}
         if r["bc"]:  # quantize once to learn the int8 weights, correct the float biases, quantize again
             args["bias_corrected"] = bias_correct(src, out, model, calib, out.with_suffix(".bc.onnx"))
-            quantize_static(str(out.with_suffix(".bc.onnx")), str(out), Reader(calib), **kw)
+            quantize_static(str(out.with_suffix(".bc.onnx")), str(out), _reader(calib), **kw)
     return args
 
 
