@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 from aeflow.store import INT8_FILE  # noqa: E402 - light (no torch)
 # An int8 graph whose mean PSNR on any check set is more than this below fp32's is not kept. (The shipped
-# denoiser's best int8 graphs, 1.9-2.6x faster, lose 0.17-0.30 dB at sigma 15 on average: near-flat crops
+# denoiser's best int8 graphs, 1.9-2.6x faster, lose 0.16-0.30 dB at sigma 15 on average: near-flat crops
 # where fp32 reaches 40+ dB lose 1-2 dB to the activation steps, though the median crop loses under 0.1.)
 MAX_LOSS_DB = 0.1
 SIGMAS = (15, 25, 50)
@@ -181,11 +181,21 @@ def model_from_onnx(card: dict, onnx_path: Path):
     from models.train import TrainSettings, model_config
 
     s = TrainSettings(**card["settings"])
-    model = create_model(s.kind, s.size, **model_config(s))
+    cfg = model_config(s)
+    graph = onnx.load(str(onnx_path))
+    dilations = [max(a.ints) for n in graph.graph.node if n.op_type == "Conv" for a in n.attribute
+                 if a.name == "dilations"]
+    if s.kind == "denoise" and "max_dilation" not in cfg:
+        # cards written when the "small" preset meant dilated carry no `dilation`: the graph has the truth
+        cfg["max_dilation"] = max(dilations, default=1)
+    model = create_model(s.kind, s.size, **cfg)
+    built = [m.dilation[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if max(built, default=1) != max(dilations, default=1):
+        raise ValueError(f"{onnx_path}: the card's settings build dilations up to {max(built, default=1)}, "
+                         f"the graph has {max(dilations, default=1)}")
     prefix = "core.model."
-    state = {i.name[len(prefix):]: torch.from_numpy(numpy_helper.to_array(i).copy())
-             for i in onnx.load(str(onnx_path)).graph.initializer if i.name.startswith(prefix)}
-    model.load_state_dict(state, strict=False)  # buffers (the bicubic kernels) are rebuilt, not stored
+    model.load_state_dict({i.name[len(prefix):]: torch.from_numpy(numpy_helper.to_array(i).copy())
+                           for i in graph.graph.initializer if i.name.startswith(prefix)})
     return model.eval()
 
 

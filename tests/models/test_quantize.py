@@ -54,3 +54,21 @@ def test_int8_graph_that_loses_psnr_is_not_kept(upscaler, tmp_path, monkeypatch)
 def test_only_image2image_kinds(upscaler, tmp_path):
     with pytest.raises(ValueError, match="denoise and upscale"):
         quantize.build_int8(upscaler[0], "ae", 1, upscaler[1], tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("name", ["denoise", "upscale-x2"])
+def test_model_from_onnx_rebuilds_the_shipped_architecture(name):
+    """Shipped versions have no checkpoint: card + graph must give the same network (dilations included)."""
+    import json
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    d = Path(quantize.__file__).resolve().parent.parent / "aeflow" / "shipped" / name / "1"
+    model = quantize.model_from_onnx(json.loads((d / "card.json").read_text()), d / "model.onnx")
+    x = np.random.default_rng(0).integers(0, 256, (1, 32, 40, 3), dtype=np.uint8)
+    ref = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.inference_mode():
+        y = model(torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255))
+    got = y.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got.astype(int) - ref).max() <= 1
