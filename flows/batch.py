@@ -47,11 +47,11 @@ def failures_of(summary: dict) -> list[dict]:
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_is_transient)
-def build_index_task(out_dir: str) -> dict:
-    """Build (or rebuild) the nearest-neighbour index over the embeddings in out_dir."""
+def build_index_task(out_dir: str, rebuild: bool = False) -> dict:
+    """Build or update the nearest-neighbour index over the embeddings in out_dir (rebuild: from scratch)."""
     from pipeline.index import build_index
 
-    return build_index(out_dir)
+    return build_index(out_dir, rebuild=rebuild)
 
 
 @task(cache_policy=NO_CACHE)
@@ -99,14 +99,14 @@ def upscale_flow(in_dir: str, out_dir: str, model: str = "upscale-x2", store: st
 @flow(name="embed", flow_run_name="embed-{model}", log_prints=True)
 def embed_flow(in_dir: str, out_dir: str, model: str = "ae", store: str | None = None, device: str = "auto",
                address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["embed"], workers: int | None = None,
-               overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True, query: str | None = None,
-               k: int = 5) -> dict:
+               overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True, rebuild_index: bool = False,
+               query: str | None = None, k: int = 5) -> dict:
     """Embed every image under in_dir, build the index and optionally search it with a query image."""
     summary = _batch("embed", in_dir, out_dir, model, store, device, address, batch_size, workers, "same",
                      overwrite, runner, 512)
     result = {"job": summary}
     if index:
-        result["index"] = build_index_task(out_dir)
+        result["index"] = build_index_task(out_dir, rebuild_index)
     if query:
         hits = search_task(out_dir, query, k, store)
         create_markdown_artifact(search_markdown(query, hits), key="embed-search", description="search")

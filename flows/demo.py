@@ -71,7 +71,10 @@ def demo_flow(workdir: str, mode: str = "full", runner: str = "ray", device: str
         return {"trained": trained,
                 "denoise": denoise_flow(noisy_dir, str(out / "denoised"), model="denoise", **jobs),
                 "upscale": upscale_flow(lowres_dir, str(out / "upscaled"), model="upscale-x2", **jobs),
-                "embed": embed_flow(clean_dir, str(out / "embeddings"), model="ae", query=query, k=5, **jobs)}
+                # each demo run trains a new ae version, whose vectors replace the last run's in the same
+                # workdir: the index is rebuilt for it (an update refuses to mix models)
+                "embed": embed_flow(clean_dir, str(out / "embeddings"), model="ae", query=query, k=5,
+                                    rebuild_index=True, **jobs)}
     finally:
         if started_ray:
             import ray

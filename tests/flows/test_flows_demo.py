@@ -42,3 +42,31 @@ def test_demo_rerun_is_incremental(demo_run, prefect_api, tmp_path):
     out = work / "outputs" / "denoised"
     summary = denoise_flow(str(work / "samples" / "noisy"), str(out), store=str(work / "store"), runner="local")
     assert summary["counts"]["ok"] == 0 and summary["counts"]["skipped"] == 6
+
+
+def test_a_second_demo_rebuilds_the_index_for_its_new_ae(demo_run, prefect_api, tmp_path):
+    """Each demo run trains a new ae version; its embed must replace the index, not stop on the model change."""
+    import shutil
+
+    import pytest
+
+    from aeflow.store import ModelStore
+    from flows.batch import embed_flow
+    from models.build import build_and_register
+    from models.train import TrainSettings
+    from pipeline.index import IndexMismatchError
+
+    work, proc = demo_run
+    assert proc.returncode == 0
+    store = tmp_path / "store"
+    shutil.copytree(work / "store", store)  # the session's demo outputs stay as they are for the other tests
+    out = tmp_path / "embeddings"
+    shutil.copytree(work / "outputs" / "embeddings", out)
+    ref = build_and_register(TrainSettings(kind="ae", data="builtin:digits", size="tiny", limit=120, epochs=1),
+                             ModelStore(store), promote=True)
+    assert ref.version == 2
+    args = (str(work / "samples" / "clean"), str(out))
+    with pytest.raises(IndexMismatchError):  # what a plain update does when the model changed
+        embed_flow(*args, model="ae", store=str(store), runner="local")
+    r = embed_flow(*args, model="ae", store=str(store), runner="local", rebuild_index=True)
+    assert r["index"]["model"] == "ae:2" and r["index"]["action"] == "rebuilt"
