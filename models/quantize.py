@@ -194,8 +194,12 @@ def model_from_onnx(card: dict, onnx_path: Path):
         raise ValueError(f"{onnx_path}: the card's settings build dilations up to {max(built, default=1)}, "
                          f"the graph has {max(dilations, default=1)}")
     prefix = "core.model."
-    model.load_state_dict({i.name[len(prefix):]: torch.from_numpy(numpy_helper.to_array(i).copy())
-                           for i in graph.graph.initializer if i.name.startswith(prefix)})
+    got = model.load_state_dict({i.name[len(prefix):]: torch.from_numpy(numpy_helper.to_array(i).copy())
+                                 for i in graph.graph.initializer if i.name.startswith(prefix)}, strict=False)
+    # an encoder's graph holds only the encoder: its decoder weights are missing by design
+    if got.unexpected_keys or (s.kind in ("denoise", "upscale") and got.missing_keys):
+        raise ValueError(f"{onnx_path}: weights do not fit the card's architecture (missing {got.missing_keys[:3]}, "
+                         f"unexpected {got.unexpected_keys[:3]})")
     return model.eval()
 
 
