@@ -72,13 +72,18 @@ def _keep_float(kind: str, path: Path) -> list[str]:
     return [convs[-1]] if kind == "denoise" else [convs[0]]
 
 
-def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str]) -> dict:
+def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
+              steps: dict[str, float] | None = None) -> dict:
+    """QDQ-quantize src; `steps`: {tensor name: uint8 step} fixed instead of calibrated (those models.qat fine-tuned with)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    extra: dict = {"CalibPercentile": 99.999}
+    if steps:
+        extra["TensorQuantOverrides"] = {t: [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.uint8)}]
+                                         for t, s in steps.items()}
     kw = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
               weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
-              op_types_to_quantize=["Conv", "Relu"], nodes_to_exclude=keep,
-              extra_options={"CalibPercentile": 99.999})
+              op_types_to_quantize=["Conv", "Relu"], nodes_to_exclude=keep, extra_options=extra)
     root = logging.getLogger()
     level = root.level
     # the histogram calibrator prints progress; the quantizer logs a pre-processing hint on the root logger
@@ -89,7 +94,8 @@ def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str]) ->
         finally:
             root.setLevel(level)
     return {"quant_format": "QDQ", "per_channel": True, "activations": "QUInt8", "weights": "QInt8",
-            "calibration": "Percentile 99.999", "ops": ["Conv", "Relu"], "kept_float": keep}
+            "calibration": "Percentile 99.999, fixed during quantization-aware fine-tuning" if steps else "Percentile 99.999",
+            "ops": ["Conv", "Relu"], "kept_float": keep}
 
 
 def _bias_correct(model, src: Path, quantized: Path, calib: list[np.ndarray], out: Path) -> list[str]:
@@ -203,10 +209,44 @@ def model_from_onnx(card: dict, onnx_path: Path):
     return model.eval()
 
 
-def build_int8(model, kind: str, scale: int, fp32: Path, out: Path) -> dict:
-    """Quantize fp32 (the exported model.onnx of `model`) to `out`; removed again when it loses > MAX_LOSS_DB."""
+def _loss(check: dict) -> float:
+    return -min(check["delta_db"].values())
+
+
+def _qat_int8(model, fp32: Path, out: Path, calib: list[np.ndarray], keep: list[str], settings,
+              progress: bool) -> dict:
+    """Write the int8 graph of a quantization-aware fine-tuned copy of `model` to out; its recipe."""
+    import onnx
+
+    from models.export import export_onnx
+    from models.qat import finetune
+
+    def module(node_name: str) -> str:  # "/core/model/net/net.14/Conv" -> "net.14" (TorchScript export names)
+        return node_name.rsplit("/", 2)[-2]
+
+    student, steps, facts = finetune(model, calib, {module(n) for n in keep}, settings, progress=progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "finetuned.onnx"
+        export_onnx(student, src, name="int8-source", version=0)
+        convs = [n for n in onnx.load(str(src)).graph.node if n.op_type == "Conv"]
+        missing = set(steps) - {module(n.name) for n in convs}
+        if missing:
+            raise ValueError(f"fine-tuned convs {sorted(missing)} not found in the exported graph")
+        recipe = _quantize(src, out, calib, keep, {n.input[0]: steps[module(n.name)] for n in convs})
+    recipe["qat"] = facts
+    return recipe
+
+
+def build_int8(model, kind: str, scale: int, fp32: Path, out: Path, qat=None, progress: bool = False) -> dict:
+    """Quantize fp32 (the exported model.onnx of `model`) to `out`; removed again when it loses > MAX_LOSS_DB.
+
+    `qat` (models.qat.QatSettings, denoise only): when post-training quantization loses too much, fine-tune a
+    copy of the model through fake int8 and quantize that; the check still compares against `fp32`.
+    """
     if kind not in ("denoise", "upscale"):
         raise ValueError(f"int8 graphs are built for denoise and upscale models, not {kind!r}")
+    if qat is not None and qat.steps and kind != "denoise":
+        raise ValueError(f"quantization-aware fine-tuning is implemented for denoise, not {kind!r}")
     fp32, out = Path(fp32), Path(out)
     model = model.eval()
     calib = _batches(crops(kind, scale, seed=0, n=CALIB_CROPS))
@@ -218,7 +258,15 @@ def build_int8(model, kind: str, scale: int, fp32: Path, out: Path) -> dict:
         _quantize(corrected, out, calib, keep)
     _copy_metadata(fp32, out, {"aeflow.precision": "int8"})
     check = psnr_check(kind, scale, fp32, out)
-    loss = -min(check["delta_db"].values())
+    if _loss(check) > MAX_LOSS_DB and qat is not None and qat.steps:
+        log.info("post-training int8 loses %.3f dB: quantization-aware fine-tuning (%d steps)", _loss(check),
+                 qat.steps)
+        ptq = {"recipe": recipe, "check": check}
+        recipe = _qat_int8(model, fp32, out, calib, keep, qat, progress)
+        recipe["post_training_only"] = ptq  # what the cheaper recipe gave, for the card
+        _copy_metadata(fp32, out, {"aeflow.precision": "int8"})
+        check = psnr_check(kind, scale, fp32, out)
+    loss = _loss(check)
     facts = {"file": out.name, "recipe": recipe, "check": check, "max_loss_db": MAX_LOSS_DB,
              "kept": loss <= MAX_LOSS_DB}
     if not facts["kept"]:
@@ -227,10 +275,11 @@ def build_int8(model, kind: str, scale: int, fp32: Path, out: Path) -> dict:
     return facts
 
 
-def add_int8_to_folder(version_dir: str | Path) -> dict:
+def add_int8_to_folder(version_dir: str | Path, qat=None, progress: bool = False) -> dict:
     """Build the int8 graph of a version folder that holds model.onnx + card.json (flows.ship: shipped models).
 
     The card gains `int8` (recipe, PSNR check) and, when the graph is kept, its sha256 under `files`.
+    `qat`: models.qat.QatSettings for a denoiser whose post-training int8 loses too much.
     """
     import json
 
@@ -239,7 +288,8 @@ def add_int8_to_folder(version_dir: str | Path) -> dict:
     d = Path(version_dir)
     card = json.loads((d / CARD).read_text())
     kind, scale = card["kind"], int(card["settings"].get("scale") or 1)
-    facts = build_int8(model_from_onnx(card, d / MODEL_FILE), kind, scale, d / MODEL_FILE, d / INT8_FILE)
+    facts = build_int8(model_from_onnx(card, d / MODEL_FILE), kind, scale, d / MODEL_FILE, d / INT8_FILE,
+                       qat=qat, progress=progress)
     card["int8"] = facts
     files = {k: v for k, v in card.get("files", {}).items() if k != INT8_FILE}
     if facts["kept"]:
@@ -251,9 +301,23 @@ def add_int8_to_folder(version_dir: str | Path) -> dict:
     return facts
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """python -m models.quantize FOLDER ... [--qat-steps N]: (re)build the int8 graph of stored versions."""
+    import argparse
 
-    for folder in sys.argv[1:]:  # python -m models.quantize aeflow/shipped/upscale-x2/1 ...
-        f = add_int8_to_folder(folder)
+    from models.qat import QatSettings
+
+    ap = argparse.ArgumentParser(prog="python -m models.quantize", description=main.__doc__)
+    ap.add_argument("folders", nargs="+", help="version folders holding model.onnx and card.json")
+    ap.add_argument("--qat-steps", type=int, default=0,
+                    help="denoise: fine-tune this many steps through fake int8 when post-training int8 loses "
+                         f"more than {MAX_LOSS_DB} dB (the shipped denoiser: 300, ~4 min on 2 cores)")
+    args = ap.parse_args(argv)
+    qat = QatSettings(steps=args.qat_steps) if args.qat_steps else None
+    for folder in args.folders:
+        f = add_int8_to_folder(folder, qat=qat, progress=True)
         print(folder, "kept" if f["kept"] else "not kept", f["check"]["delta_db"], f["check"]["median_delta_db"])
+
+
+if __name__ == "__main__":
+    main()

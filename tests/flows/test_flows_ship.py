@@ -11,6 +11,7 @@ def test_ship_trains_with_the_flow_and_copies_onnx_card_pictures(prefect_api, mo
     tiny = dict(kind="denoise", data="builtin:photos", epochs=1, steps_per_epoch=2, batch_size=4, patch_size=24,
                 size="tiny", limit=3, synthetic=1, lr_schedule="cosine")
     monkeypatch.setattr(ship_mod, "RECIPES", {"tiny-denoise": tiny})
+    monkeypatch.setattr(ship_mod, "INT8_QAT_STEPS", {"tiny-denoise": 2})
     dest = tmp_path / "shipped"
     (target,) = ship_mod.ship(["tiny-denoise"], store=str(tmp_path / "store"), device="cpu", dest_root=dest)
     assert target == dest / "tiny-denoise" / "1"
@@ -22,6 +23,11 @@ def test_ship_trains_with_the_flow_and_copies_onnx_card_pictures(prefect_api, mo
     assert card["data"]["synthetic"]["count"] == 1
     ref = ModelStore(dest, include_shipped=False).resolve("tiny-denoise")
     assert ref.onnx_path().is_file()  # the sha256 on the card still matches the copied file
+    int8 = card["int8"]  # rebuilt in the shipped folder (fine-tuned only where post-training int8 failed)
+    assert set(int8["check"]["delta_db"]) == {"sigma15", "sigma25", "sigma50"}
+    assert (target / "model.int8.onnx").is_file() == int8["kept"] == ("model.int8.onnx" in card["files"])
+    if int8["kept"]:
+        ref.file("model.int8.onnx")  # its sha256 is on the card
     # shipping again replaces the copy instead of adding versions
     ship_mod.ship(["tiny-denoise"], store=str(tmp_path / "store"), device="cpu", dest_root=dest)
     assert sorted(p.name for p in (dest / "tiny-denoise").iterdir()) == ["1"]
