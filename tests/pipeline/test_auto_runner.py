@@ -9,7 +9,7 @@ import pytest
 from pipeline_models import photo, save
 
 from pipeline import auto_runner
-from pipeline.auto_runner import Bridge, local_budget_s
+from pipeline.auto_runner import Bridge, local_budget_s, ray_speedup
 from pipeline.manifest import iter_rows, load_state
 from pipeline.runner import JobConfig, run_job
 from pipeline.writer import OutputSpaceError
@@ -17,8 +17,16 @@ from pipeline.writer import OutputSpaceError
 
 def test_local_budget_is_where_ray_would_break_even():
     assert local_budget_s(6.0, 1) == math.inf  # one core: Ray never pays off on this machine
+    assert local_budget_s(6.0, 0.8) == math.inf  # actors slower than the in-process worker
     assert local_budget_s(6.0, 2) == pytest.approx(12.0)  # n·t = 6 + n·t/2
     assert local_budget_s(6.0, 16) == pytest.approx(6.4)
+    assert local_budget_s(6.0, 1.05) == pytest.approx(126.0)  # inference-bound: Ray's gain is small
+
+
+def test_ray_speedup_compares_one_thread_actors_with_the_all_cores_worker():
+    assert ray_speedup(0.030, 0.060, 2) == pytest.approx(1.0)  # onnxruntime already used both cores
+    assert ray_speedup(0.030, 0.030, 2) == pytest.approx(2.0)  # the in-process run was serial
+    assert ray_speedup(0.010, 0.025, 2) == pytest.approx(0.8)  # threading helped more than processes would
 
 
 def _folder(root, n):
@@ -49,10 +57,13 @@ def test_large_job_moves_to_ray_and_every_file_is_done_once(ray_session, monkeyp
     # no budget: after its first batch the driver starts Ray, bridging until the actors answer
     monkeypatch.setattr(auto_runner, "RAY_START_S", 0.0)
     monkeypatch.setattr(auto_runner, "ACTORS_START_S", 0.0)
+    monkeypatch.setattr(auto_runner, "estimate_speedup", lambda all_cores, one, cpus: 2.0)  # actors would help
     src, out = _folder(tmp_path / "in", 30), tmp_path / "out"
     s = _job(src, out, store)
     assert s["runner_used"] == "ray" and s["counts"]["ok"] == 30
-    assert s["driver_rows"] >= 2  # the first batch is always the driver's (it measures the work)
+    # the first batch (all cores) and the second (one thread, as an actor) are the driver's: they measure
+    assert s["driver_rows"] >= 4 and s["auto"]["one_thread_s_per_image"] > 0
+    assert s["auto"]["ray_speedup_estimate"] == 2.0
     assert s["nodes"].get("driver", 0) == s["driver_rows"] and sum(s["nodes"].values()) == 30
     assert "ray_startup_s" in s and s["workers"] >= 1
     paths = Counter(r["path"] for r in iter_rows(out))
@@ -60,6 +71,26 @@ def test_large_job_moves_to_ray_and_every_file_is_done_once(ray_session, monkeyp
     assert all((out / p).is_file() for p in paths)
     s2 = _job(src, out, store)  # resume: all skipped, on whichever engine
     assert s2["counts"] == {"total": 30, "ok": 0, "failed": 0, "skipped": 30}
+
+
+def test_a_job_that_ray_would_not_speed_up_stays_in_process(monkeypatch, store, tmp_path):
+    # Ray would start at once, but its one-thread actors measure no faster than the in-process worker
+    monkeypatch.setattr(auto_runner, "RAY_START_S", 0.0)
+    monkeypatch.setattr(auto_runner, "ACTORS_START_S", 0.0)
+    seen = []
+
+    def no_gain(all_cores, one, cpus):
+        seen.append((all_cores, one, cpus))
+        return 1.0
+    monkeypatch.setattr(auto_runner, "estimate_speedup", no_gain)
+    monkeypatch.setattr("pipeline.ray_runner.run_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    src, out = _folder(tmp_path / "in", 9), tmp_path / "out"
+    s = _job(src, out, store)
+    assert s["runner_used"] == "local" and s["driver_rows"] == 9 and s["counts"]["ok"] == 9
+    assert len(seen) == 1 and seen[0][0] > 0 and seen[0][1] > 0  # both rates were measured, once
+    assert s["auto"]["local_budget_s"] is None and s["auto"]["ray_speedup_estimate"] == 1.0
+    paths = Counter(r["path"] for r in iter_rows(out))
+    assert paths == Counter({f"{i:03d}.png": 1 for i in range(9)})  # the probe batch too, exactly once
 
 
 def test_explicit_workers_mean_ray_without_a_bridge(ray_session, store, tmp_path):
