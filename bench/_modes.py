@@ -150,15 +150,11 @@ def ort_session(path: Path, device: str, threads: int):
     """An onnxruntime session like aeflow's Predictor: intra-op threads set, CUDA with HEURISTIC conv search."""
     import onnxruntime as ort
 
-    from pipeline.predictor import session_providers
+    from pipeline.predictor import session_options, session_providers
 
     if device == "cuda" and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=session_providers(device))
+    return ort.InferenceSession(str(path), session_options(threads), providers=session_providers(device))
 
 
 def run_floor(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, threads: int, batch: int = 8) -> dict:

@@ -76,6 +76,22 @@ def session_providers(device: str) -> list:
     return [CPU]
 
 
+def session_options(threads: int):
+    """onnxruntime SessionOptions for a worker with `threads` cores (the batch jobs, the API, the bench floor)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # onnxruntime ignores OMP_NUM_THREADS: without this, N workers on a node oversubscribe its cores
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    # After each run, idle intra-op threads spin for a while by default, holding a core that the worker's
+    # decode threads need: embedding 1000 photos (decode-bound) took 0.67-0.76 s without spinning against
+    # 0.72-1.09 s with it; inference-bound jobs measured the same either way (docs/benchmarks.md, session 4).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
 class Predictor:
     """Runs one ONNX model; the InferenceSession is created once, here, and reused for every batch."""
 
@@ -87,12 +103,7 @@ class Predictor:
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - a failed preload shows up as the fallback below
                 log.debug("onnxruntime.preload_dlls failed: %s", exc)
-        opts = ort.SessionOptions()
-        # onnxruntime ignores OMP_NUM_THREADS: without this, N workers on a node oversubscribe its cores
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts,
+        self.session = ort.InferenceSession(str(model_path), sess_options=session_options(threads),
                                             providers=session_providers(device))
         self.providers = self.session.get_providers()
         if device == "cuda" and self.providers[0] != CUDA:

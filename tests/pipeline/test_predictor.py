@@ -32,3 +32,13 @@ def test_metadata_must_be_aeflow():
     with pytest.raises(JobConfigError, match="aeflow.role"):
         ModelInfo.from_metadata({})
     assert ModelInfo.from_metadata({"aeflow.role": "encoder", "aeflow.input_size": "32"}).input_size == 32
+
+
+def test_session_options_bound_the_threads_and_do_not_spin():
+    from pipeline.predictor import session_options
+
+    o = session_options(3)
+    assert o.intra_op_num_threads == 3 and o.inter_op_num_threads == 1
+    # idle onnxruntime threads would otherwise spin on the cores the worker's decode threads need
+    assert o.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(0).intra_op_num_threads == 1
