@@ -74,7 +74,7 @@ def _keep_float(kind: str, path: Path) -> list[str]:
 
 def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
               steps: dict[str, float] | None = None) -> dict:
-    """QDQ-quantize src; `steps`: {tensor name: uint8 step} fixed instead of calibrated (those models.qat fine-tuned with)."""
+    """QDQ-quantize src; `steps`: {tensor name: uint8 step} fixed instead of calibrated (models.qat's)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra: dict = {"CalibPercentile": 99.999}
@@ -94,8 +94,25 @@ def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
         finally:
             root.setLevel(level)
     return {"quant_format": "QDQ", "per_channel": True, "activations": "QUInt8", "weights": "QInt8",
-            "calibration": "Percentile 99.999, fixed during quantization-aware fine-tuning" if steps else "Percentile 99.999",
+            "calibration": "Percentile 99.999" + (", fixed during quantization-aware fine-tuning" if steps else ""),
             "ops": ["Conv", "Relu"], "kept_float": keep}
+
+
+def conv_inputs(model, convs: dict, calib: list[np.ndarray]) -> dict[str, list]:
+    """{name: the NCHW inputs of convs[name], one tensor per calibration batch} from running `model` on them."""
+    import torch
+
+    seen: dict[str, list] = {n: [] for n in convs}
+    hooks = [m.register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach().clone()))
+             for n, m in convs.items()]
+    try:
+        with torch.inference_mode():
+            for b in calib:
+                model(torch.from_numpy(b).permute(0, 3, 1, 2).float().div(255))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def _bias_correct(model, src: Path, quantized: Path, calib: list[np.ndarray], out: Path) -> list[str]:
@@ -107,16 +124,7 @@ def _bias_correct(model, src: Path, quantized: Path, calib: list[np.ndarray], ou
 
     q = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(quantized)).graph.initializer}
     convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    seen: dict[str, list] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, []).append(i[0].detach().clone()))
-             for n, m in convs.items()]
-    try:
-        with torch.inference_mode():
-            for b in calib:
-                model(torch.from_numpy(b).permute(0, 3, 1, 2).float().div(255))
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = conv_inputs(model, convs, calib)
     g, done = onnx.load(str(src)), []
     init = {i.name: i for i in g.graph.initializer}
     for n, m in convs.items():

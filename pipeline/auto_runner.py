@@ -159,30 +159,42 @@ def run_auto(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]]
             n += len(batch)
         return False
 
-    first = next(batches, None)
+    def take() -> list[Task] | None:
+        """The next batch: from those held while looking ahead, else from the listing."""
+        nonlocal n
+        if ahead:
+            n -= len(ahead[0])
+            return ahead.pop(0)
+        return next(batches, None)
+
+    def timed(w, batch: list[Task] | None) -> float | None:
+        """Process a batch on worker w (its rows are delivered); seconds per image, None without a batch."""
+        nonlocal done
+        if batch is None:
+            return None
+        t = time.perf_counter()
+        on_rows(_tagged(w.process(batch)))
+        done += len(batch)
+        return (time.perf_counter() - t) / len(batch)
+
+    first = timed(worker, next(batches, None))
     if first is not None:
-        t1 = time.perf_counter()
-        on_rows(_tagged(worker.process(first)))
-        done = len(first)
-        per_image = (time.perf_counter() - t1) / done
+        per_image = first
         stay_local = fits(budget)
-        probe = None
-        if not stay_local and ahead:
-            probe = ahead.pop(0)
-            n -= len(probe)
-        elif not stay_local:  # a zero budget listed nothing ahead
-            probe = next(batches, None)
-            stay_local = probe is None
-        if probe is not None:
+        if not stay_local:
+            # both rates from warm sessions: a session's first run also allocates its memory arena
+            warm = timed(worker, take())
             one = BatchWorker(replace(spec, threads=1))
-            t2 = time.perf_counter()
-            on_rows(_tagged(one.process(probe)))
-            done += len(probe)
-            one_thread = (time.perf_counter() - t2) / len(probe)
-            speedup = estimate_speedup(per_image, one_thread, cpus)
-            budget = local_budget_s(start_s, speedup)
-            decision.update(one_thread_s_per_image=round(one_thread, 5), ray_speedup_estimate=round(speedup, 3))
-            stay_local = fits(budget)
+            timed(one, take())
+            one_thread = timed(one, take())
+            if None in (warm, one_thread):
+                stay_local = True  # the folder ended while measuring
+            else:
+                speedup = estimate_speedup(warm, one_thread, cpus)
+                budget = local_budget_s(start_s, speedup)
+                decision.update(all_cores_s_per_image=round(warm, 5), one_thread_s_per_image=round(one_thread, 5),
+                                ray_speedup_estimate=round(speedup, 3))
+                stay_local = fits(budget)
     # JSON has no infinity: null means "no folder is large enough for Ray to win on this machine"
     decision.update(first_batch_s_per_image=round(per_image, 5), local_budget_s=None if budget == math.inf else budget)
     if not stay_local:

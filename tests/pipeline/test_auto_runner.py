@@ -61,8 +61,9 @@ def test_large_job_moves_to_ray_and_every_file_is_done_once(ray_session, monkeyp
     src, out = _folder(tmp_path / "in", 30), tmp_path / "out"
     s = _job(src, out, store)
     assert s["runner_used"] == "ray" and s["counts"]["ok"] == 30
-    # the first batch (all cores) and the second (one thread, as an actor) are the driver's: they measure
-    assert s["driver_rows"] >= 4 and s["auto"]["one_thread_s_per_image"] > 0
+    # the first two batches (all cores) and the next two (one thread, as an actor) are the driver's: they measure
+    assert s["driver_rows"] >= 8 and s["auto"]["one_thread_s_per_image"] > 0
+    assert s["auto"]["all_cores_s_per_image"] > 0
     assert s["auto"]["ray_speedup_estimate"] == 2.0
     assert s["nodes"].get("driver", 0) == s["driver_rows"] and sum(s["nodes"].values()) == 30
     assert "ray_startup_s" in s and s["workers"] >= 1
@@ -90,7 +91,17 @@ def test_a_job_that_ray_would_not_speed_up_stays_in_process(monkeypatch, store, 
     assert len(seen) == 1 and seen[0][0] > 0 and seen[0][1] > 0  # both rates were measured, once
     assert s["auto"]["local_budget_s"] is None and s["auto"]["ray_speedup_estimate"] == 1.0
     paths = Counter(r["path"] for r in iter_rows(out))
-    assert paths == Counter({f"{i:03d}.png": 1 for i in range(9)})  # the probe batch too, exactly once
+    assert paths == Counter({f"{i:03d}.png": 1 for i in range(9)})  # the probe batches too, exactly once
+
+
+def test_a_folder_that_ends_while_measuring_stays_in_process(monkeypatch, store, tmp_path):
+    monkeypatch.setattr(auto_runner, "RAY_START_S", 0.0)
+    monkeypatch.setattr(auto_runner, "ACTORS_START_S", 0.0)
+    monkeypatch.setattr(auto_runner, "estimate_speedup", lambda *a: pytest.fail("no rate to compare"))
+    monkeypatch.setattr("pipeline.ray_runner.run_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    src, out = _folder(tmp_path / "in", 5), tmp_path / "out"  # 3 batches of 2: the one-thread probe lacks one
+    s = _job(src, out, store)
+    assert s["runner_used"] == "local" and s["counts"]["ok"] == 5 and s["driver_rows"] == 5
 
 
 def test_explicit_workers_mean_ray_without_a_bridge(ray_session, store, tmp_path):
