@@ -4,9 +4,10 @@ Starting a local Ray costs seconds before the first image (ray.init 4-5 s and th
 development machine, plus ~1.3 s of ray.shutdown at the end: docs/benchmarks.md), which a small folder never
 earns back. So the driver opens its own worker (all cores), times the first batch, and looks ahead in the
 listing just far enough to know whether the rest would finish in-process before Ray could even start. If it
-would, the job stays in-process. If not, it times the next batch on one thread, as each Ray actor would run it:
-in-process onnxruntime already uses every core, so Ray's one-thread actors gain only what the in-process run
-leaves serial (measured on the shipped denoiser: 1.04x), and the break-even moves out accordingly. When Ray
+would, the job stays in-process. If not, it times one more batch on all cores and two on one thread, as each
+Ray actor would run them (the second of each, on warm sessions): in-process onnxruntime already uses every core,
+so Ray's one-thread actors gain only what the in-process run leaves serial (the shipped int8 denoiser: Ray's
+steady rate was 1.00-1.04x the in-process one), and the break-even moves out accordingly. When Ray
 wins, it starts in the main thread while the driver keeps working through batches on a helper thread (the
 "bridge", the one-thread worker); once the actors answer, the bridge hands over after its current batch.
 An explicit `--address`/$RAY_ADDRESS or `--workers` means the user asked for the cluster: Ray, no bridge.
