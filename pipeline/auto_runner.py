@@ -7,7 +7,7 @@ listing just far enough to know whether the rest would finish in-process before 
 would, the job stays in-process. If not, it times one more batch on all cores and two on one thread, as each
 Ray actor would run them (the second of each, on warm sessions): in-process onnxruntime already uses every core,
 so Ray's one-thread actors gain only what the in-process run leaves serial (the shipped int8 denoiser: Ray's
-steady rate was 1.00-1.04x the in-process one), and the break-even moves out accordingly. When Ray
+steady rate was 1.06-1.07x the in-process one), and the break-even moves out accordingly. When Ray
 wins, it starts in the main thread while the driver keeps working through batches on a helper thread (the
 "bridge", the one-thread worker); once the actors answer, the bridge hands over after its current batch.
 An explicit `--address`/$RAY_ADDRESS or `--workers` means the user asked for the cluster: Ray, no bridge.
