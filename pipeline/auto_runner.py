@@ -211,8 +211,12 @@ def run_auto(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]]
     for batch in chain(ahead, batches):  # the rest of the listing streams on when Ray would never catch up
         on_rows(_tagged(worker.process(batch)))
         done += len(batch)
-    log.info("%d images in-process: Ray would not have finished sooner (start-up %.1f s, estimated speed-up %s)",
-             done, start_s, decision.get("ray_speedup_estimate", "-"))
+    if "ray_speedup_estimate" in decision:
+        log.info("%d images in-process: Ray's one-thread actors would not have finished sooner (measured "
+                 "speed-up %.2f, start-up %.1f s)", done, decision["ray_speedup_estimate"], start_s)
+    else:
+        log.info("%d images, ~%.1f s in-process: below Ray's start-up, so no cluster was started", done,
+                 done * per_image)
     return {"startup_s": round(startup, 3), "workers": 1, "threads_per_worker": cpus, "retried_batches": 0,
             "worker_nodes": ["driver"], **worker.describe(), "runner_used": "local", "driver_rows": done,
             "auto": decision}
