@@ -188,9 +188,11 @@ def finetune(model, calib: list[np.ndarray], keep_float: set[str], settings: Qat
     teacher = copy.deepcopy(model).eval()
     alphas = (0.0, 0.5, 1.0) if settings.equalize is None else (settings.equalize,)
     # per-channel weight steps suffer from the rescaling what per-tensor input steps gain: measure, not guess
-    errors = {a: _int8_error(equalize(teacher, calib, a), calib, keep_float, q) for a in alphas}
+    candidates = {a: equalize(teacher, calib, a) for a in alphas}
+    errors = {a: _int8_error(m, calib, keep_float, q) for a, m in candidates.items()}
     alpha = min(errors, key=errors.get)
-    student, steps, hooks = _quantized_copy(equalize(teacher, calib, alpha), calib, keep_float, q)
+    student, steps, hooks = _quantized_copy(candidates[alpha], calib, keep_float, q)
+    del candidates
     student.train()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng([settings.seed, 12])

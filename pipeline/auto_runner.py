@@ -180,7 +180,7 @@ def run_auto(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]]
 
     first = timed(worker, next(batches, None))
     if first is not None:
-        per_image = first
+        per_image = first  # fits() reads it
         stay_local = fits(budget)
         if not stay_local:
             # both rates from warm sessions: a session's first run also allocates its memory arena
@@ -191,7 +191,7 @@ def run_auto(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]]
             if None in (warm, one_thread):
                 stay_local = True  # the folder ended while measuring
             else:
-                speedup = estimate_speedup(warm, one_thread, cpus)
+                speedup = ray_speedup(warm, one_thread, cpus)
                 budget = local_budget_s(start_s, speedup)
                 decision.update(all_cores_s_per_image=round(warm, 5), one_thread_s_per_image=round(one_thread, 5),
                                 ray_speedup_estimate=round(speedup, 3))
@@ -220,7 +220,3 @@ def run_auto(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]]
     return {"startup_s": round(startup, 3), "workers": 1, "threads_per_worker": cpus, "retried_batches": 0,
             "worker_nodes": ["driver"], **worker.describe(), "runner_used": "local", "driver_rows": done,
             "auto": decision}
-
-
-# the measured speed-up from the one-thread batch (a name of its own, so tests can stand in for the machine)
-estimate_speedup = ray_speedup

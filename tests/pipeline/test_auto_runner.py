@@ -57,7 +57,7 @@ def test_large_job_moves_to_ray_and_every_file_is_done_once(ray_session, monkeyp
     # no budget: after its first batch the driver starts Ray, bridging until the actors answer
     monkeypatch.setattr(auto_runner, "RAY_START_S", 0.0)
     monkeypatch.setattr(auto_runner, "ACTORS_START_S", 0.0)
-    monkeypatch.setattr(auto_runner, "estimate_speedup", lambda all_cores, one, cpus: 2.0)  # actors would help
+    monkeypatch.setattr(auto_runner, "ray_speedup", lambda all_cores, one, cpus: 2.0)  # actors would help
     src, out = _folder(tmp_path / "in", 30), tmp_path / "out"
     s = _job(src, out, store)
     assert s["runner_used"] == "ray" and s["counts"]["ok"] == 30
@@ -83,7 +83,7 @@ def test_a_job_that_ray_would_not_speed_up_stays_in_process(monkeypatch, store, 
     def no_gain(all_cores, one, cpus):
         seen.append((all_cores, one, cpus))
         return 1.0
-    monkeypatch.setattr(auto_runner, "estimate_speedup", no_gain)
+    monkeypatch.setattr(auto_runner, "ray_speedup", no_gain)
     monkeypatch.setattr("pipeline.ray_runner.run_ray", lambda *a, **k: pytest.fail("Ray was started"))
     src, out = _folder(tmp_path / "in", 9), tmp_path / "out"
     s = _job(src, out, store)
@@ -97,7 +97,7 @@ def test_a_job_that_ray_would_not_speed_up_stays_in_process(monkeypatch, store, 
 def test_a_folder_that_ends_while_measuring_stays_in_process(monkeypatch, store, tmp_path):
     monkeypatch.setattr(auto_runner, "RAY_START_S", 0.0)
     monkeypatch.setattr(auto_runner, "ACTORS_START_S", 0.0)
-    monkeypatch.setattr(auto_runner, "estimate_speedup", lambda *a: pytest.fail("no rate to compare"))
+    monkeypatch.setattr(auto_runner, "ray_speedup", lambda *a: pytest.fail("no rate to compare"))
     monkeypatch.setattr("pipeline.ray_runner.run_ray", lambda *a, **k: pytest.fail("Ray was started"))
     src, out = _folder(tmp_path / "in", 5), tmp_path / "out"  # 3 batches of 2: the one-thread probe lacks one
     s = _job(src, out, store)
