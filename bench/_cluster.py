@@ -49,9 +49,21 @@ def _pids_mentioning(marker: str) -> list[int]:
     return pids
 
 
+def node_cores(nodes: int, total: int | None = None) -> list[set[int]] | None:
+    """The machine's usable cores split evenly into `nodes` disjoint sets (node i gets set i); None if too few."""
+    cores = sorted(os.sched_getaffinity(0)) if total is None else list(range(total))
+    per = len(cores) // nodes
+    if per < 1:
+        return None
+    return [set(cores[i * per:(i + 1) * per]) for i in range(nodes)]
+
+
 @contextmanager
-def local_cluster(nodes: int, log_dir: Path):
+def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None):
     """(address, env) of a throwaway cluster of `nodes` nodes x 1 CPU on 127.0.0.1, free ports, own temp dir.
+
+    cores: node i's processes (raylet, its workers, on the head also GCS) run only on cores[i], the machine
+    split in two as two 1-CPU machines would be; None lets every process use every core.
 
     Torn down by the pids it started (never `ray stop`, which would stop other people's Ray on this machine).
     """
@@ -71,8 +83,11 @@ def local_cluster(nodes: int, log_dir: Path):
                 else ["--address", f"127.0.0.1:{gcs}"]
             own = ports[8 + 8 * i: 14 + 8 * i]
             with open(log_dir / f"ray-node{i}.log", "wb") as log:
+                # Ray never sets affinity itself: what `ray start` gets, its daemons and workers inherit
+                pin = (lambda c=cores[i]: os.sched_setaffinity(0, c)) if cores else None
                 procs.append(subprocess.Popen([ray, "start", *head, *_node_ports(own), *common], env=env,
-                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                              preexec_fn=pin))
             if i == 0:
                 _wait_port(gcs, procs[0], log_dir / "ray-node0.log")
         address = f"127.0.0.1:{gcs}"
@@ -115,24 +130,56 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
             time.sleep(0.5)
 
 
-def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path, logs: Path) -> dict:
-    """images/s of the CLI job (default workers: one per cluster CPU) on 1 node vs 2 nodes, 1 CPU each."""
+def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path, logs: Path, rounds: int = 2,
+            pin: bool = True) -> dict:
+    """images/s of the CLI job (default workers: one per cluster CPU) on 1 node vs 2 nodes, 1 CPU each.
+
+    The two clusters alternate (1, 2, 1, 2, ...) for `rounds` rounds, so the host's drift over minutes falls on
+    both alike. pin: the machine is split in two (node i runs only on its half of the cores, the driver and this
+    harness on the head's half), as two 1-CPU machines would be; unpinned, a "1-CPU" node's daemons, driver and
+    the actor's own Ray threads spread onto the idle second core, which a real 1-CPU machine does not have.
+    """
     n = sum(1 for _ in photos.rglob("*.jpg"))
-    out: dict = {"job": bm.job, "n": n, "size": size, "runs": {}}
-    for nodes in (1, 2):
-        with local_cluster(nodes, logs) as (address, env):
-            r = run_cli(bm, photos, scratch / f"out-scale-{nodes}", "cpu", address=address, env=env,
-                        label=f"aeflow-{nodes}node")
-        shutil.rmtree(scratch / f"out-scale-{nodes}", ignore_errors=True)
-        out["runs"][f"{nodes} node{'s' if nodes > 1 else ''}"] = {
-            "nodes": nodes, "cpus": nodes, "workers": r["workers"], "worker_nodes": r["worker_nodes"],
+    cores = node_cores(2) if pin else None
+    out: dict = {"job": bm.job, "n": n, "size": size, "rounds": rounds, "pinned": cores is not None,
+                 "cores": [sorted(c) for c in cores] if cores else None, "runs": []}
+    mine = os.sched_getaffinity(0)
+    try:
+        if cores:
+            os.sched_setaffinity(0, cores[0])  # the harness (and its /proc sampler) lives on the head's half
+        for k in range(rounds):
+            for nodes in (1, 2):
+                out["runs"].append({"round": k + 1, **_scaling_run(bm, photos, scratch, logs, nodes, cores)})
+    finally:
+        os.sched_setaffinity(0, mine)
+    out.update(scaling_ratios(out["runs"]))
+    return out
+
+
+def _scaling_run(bm: BenchModel, photos: Path, scratch: Path, logs: Path, nodes: int,
+                 cores: list[set[int]] | None) -> dict:
+    dest = scratch / f"out-scale-{nodes}"
+    with local_cluster(nodes, logs, cores[:nodes] if cores else None) as (address, env):
+        r = run_cli(bm, photos, dest, "cpu", address=address, env=env, label=f"aeflow-{nodes}node",
+                    cores=cores[0] if cores else None)
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"nodes": nodes, "cpus": nodes, "workers": r["workers"], "worker_nodes": r["worker_nodes"],
             "images_per_s": r["images_per_s"], "process_images_per_s": r["process_images_per_s"],
             "steady_images_per_s": r["steady_images_per_s"], "rows_by_node": r["rows_by_node"],
             # the job's own rate once its actors answered (summary images_per_s_running): start-up excluded
             "running_images_per_s": r["running_images_per_s"], "ray_startup_s": r["ray_startup_s"]}
-    runs = out["runs"]
-    one, two = runs["1 node"]["images_per_s"], runs["2 nodes"]["images_per_s"]
-    out["ratio"] = round(two / one, 3) if one else None
-    one, two = runs["1 node"]["running_images_per_s"], runs["2 nodes"]["running_images_per_s"]
-    out["ratio_running"] = round(two / one, 3) if one and two else None
+
+
+def scaling_ratios(runs: list[dict]) -> dict:
+    """2-node / 1-node rate: per round, and over all rounds (sum of the 2-node rates / sum of the 1-node ones)."""
+    out: dict = {}
+    for key, rate in (("ratio", "images_per_s"), ("ratio_running", "running_images_per_s")):
+        by_round: dict[int, dict[int, float]] = {}
+        for r in runs:
+            if r.get(rate):
+                by_round.setdefault(r["round"], {})[r["nodes"]] = r[rate]
+        pairs = [v for v in by_round.values() if 1 in v and 2 in v]
+        out[key + "_by_round"] = [round(v[2] / v[1], 3) for v in pairs]
+        one, two = sum(v[1] for v in pairs), sum(v[2] for v in pairs)
+        out[key] = round(two / one, 3) if pairs else None
     return out

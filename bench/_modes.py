@@ -194,8 +194,12 @@ def aeflow_exe() -> list[str]:
 
 
 def run_cli(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, extra: tuple[str, ...] = (),
-            address: str | None = None, env: dict | None = None, label: str = "aeflow") -> dict:
-    """(c) The real `aeflow JOB IN OUT --model ...` in a subprocess, fresh OUT; peak RSS of its whole process tree."""
+            address: str | None = None, env: dict | None = None, label: str = "aeflow",
+            cores: set[int] | None = None) -> dict:
+    """(c) The real `aeflow JOB IN OUT --model ...` in a subprocess, fresh OUT; peak RSS of its whole process tree.
+
+    cores: the CLI runs only on these (the scaling check puts the driver on the head node's cores).
+    """
     from pipeline.manifest import iter_rows
 
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -209,7 +213,9 @@ def run_cli(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, extra: tup
     log = out_dir.with_name(out_dir.name + ".log")
     with open(log, "wb") as lf:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=pin)
         sampler = TreeSampler(proc.pid, watch=RAY_TASK_TITLE).start()
         try:
             rc = proc.wait(timeout=CLI_TIMEOUT_S)

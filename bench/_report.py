@@ -93,13 +93,17 @@ def markdown(r: dict) -> str:
 
     sc = r.get("scaling")
     if sc:
-        lines += ["", f"Scaling ({sc['job']}, {sc['n']} images {sc['size']}², `--address` to a local cluster):", ""]
-        rows = [[k, v["nodes"], v["cpus"], v["workers"], v["worker_nodes"], v["images_per_s"], v["process_images_per_s"],
-                 v.get("running_images_per_s"), v.get("ray_startup_s")] for k, v in sc["runs"].items()]
-        lines += _table(["cluster", "nodes", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)",
+        split = f"cores {sc['cores']} per node" if sc.get("pinned") else "cores not pinned"
+        lines += ["", f"Scaling ({sc['job']}, {sc['n']} images {sc['size']}², `--address` to a local cluster, "
+                      f"{split}, {sc.get('rounds', 1)} alternating rounds):", ""]
+        rows = [[v.get("round", 1), v["nodes"], v["cpus"], v["workers"], v["worker_nodes"], v["images_per_s"],
+                 v["process_images_per_s"], v.get("running_images_per_s"), v.get("ray_startup_s")]
+                for v in sc["runs"]]
+        lines += _table(["round", "nodes", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)",
                          "img/s (job, once the actors answer)", "start-up s"], rows)
-        lines += ["", f"2 nodes / 1 node: {_f(sc.get('ratio'), 2)} (job), {_f(sc.get('ratio_running'), 2)} "
-                      "(once the actors answer)"]
+        lines += ["", f"2 nodes / 1 node: {_f(sc.get('ratio'), 2)} (job; by round {sc.get('ratio_by_round')}), "
+                      f"{_f(sc.get('ratio_running'), 2)} (once the actors answer; by round "
+                      f"{sc.get('ratio_running_by_round')})"]
     if r.get("scaling_error"):
         lines += ["", f"Scaling: not measured ({r['scaling_error'].splitlines()[0]})"]
     lines += ["", f"Bench wall time {r.get('bench_seconds')} s."]

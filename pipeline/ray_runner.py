@@ -97,27 +97,29 @@ def run_ray(spec: WorkerSpec, batches: Iterator[list[Task]], on_rows: Callable[[
                     max_restarts=MAX_RESTARTS, max_task_retries=0)
         actor_cls = ray.remote(RayWorker)
         actors = [actor_cls.options(**opts).remote(spec) for _ in range(n)]
-        try:
-            infos = ray.get([a.describe.remote() for a in actors], timeout=START_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError:
-            raise JobConfigError(f"{n} workers asking {opts['num_cpus']} CPU each did not start within "
-                                 f"{START_TIMEOUT_S}s (cluster resources: {res}); try fewer --workers") from None
-        if spec.device == "cuda" and any(i["device"] != "cuda" for i in infos):
-            log.warning("CUDA was requested but some workers fell back to CPU: %s",
-                        sorted({(i["node"][:8], i["providers"][0]) for i in infos}))
+        # Work starts on the first actor that answers; the others join as they come up (a node that starts
+        # slower, e.g. one without a prestarted worker process, no longer holds back the ones already up).
+        starting = {a.describe.remote(): i for i, a in enumerate(actors)}
+        infos = _first_ready(starting, n, opts, res)
         startup = time.perf_counter() - t0
         if bridge is not None:
             bridge.stop()  # it delivers the batch it is on; the pump goes on with the rest meanwhile
-        retried = _pump(actors, batches, on_rows, spec)
+        retried = _pump(actors, batches, on_rows, spec, starting, infos)
+        if len(infos) < n:
+            log.warning("%d of %d workers had not started when the job ended; it ran on the other %d",
+                        n - len(infos), n, len(infos))
+        if spec.device == "cuda" and any(i["device"] != "cuda" for _, i in infos):
+            log.warning("CUDA was requested but some workers fell back to CPU: %s",
+                        sorted({(i["node"][:8], i["providers"][0]) for _, i in infos}))
         bridge_rows = 0
         if bridge is not None:
             bridge.finish()
             bridge_rows = bridge.rows
         return {"startup_s": round(startup, 3), "workers": n, "threads_per_worker": threads,
                 "retried_batches": retried, "bridge_rows": bridge_rows,
-                "providers": infos[0]["providers"],
-                "device": infos[0]["device"], "ray_address": ray.get_runtime_context().gcs_address,
-                "worker_nodes": sorted({i["node"] for i in infos})}
+                "workers_started": len(infos), "providers": infos[0][1]["providers"],
+                "device": infos[0][1]["device"], "ray_address": ray.get_runtime_context().gcs_address,
+                "worker_nodes": sorted({i["node"] for _, i in infos})}
     finally:
         if bridge is not None:
             bridge.finish()  # no-op when already finished; otherwise (an error above) waits for its batch
@@ -143,31 +145,113 @@ def _await_restart(actor, timeout_s: float = START_TIMEOUT_S) -> bool:
     return False
 
 
-def _pump(actors, batches, on_rows, spec: WorkerSpec) -> int:
+def _first_ready(starting: dict, n: int, opts: dict, res: dict) -> list[tuple[int, dict]]:
+    """Wait (bounded) until one actor of `starting` (describe ref -> actor index) answers; [(index, info)].
+
+    Answered refs leave `starting`. An actor that fails to start is dropped with a warning; when every one
+    fails, the first failure is raised.
+    """
+    import ray
+
+    infos: list[tuple[int, dict]] = []
+    first_error: BaseException | None = None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not infos:
+        if not starting:
+            raise first_error  # type: ignore[misc]  # every actor failed to start
+        done, _ = ray.wait(list(starting), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            raise JobConfigError(f"none of {n} workers asking {opts['num_cpus']} CPU each started within "
+                                 f"{START_TIMEOUT_S}s (cluster resources: {res}); try fewer --workers")
+        for ref in done:
+            err = _started(ref, starting.pop(ref), infos)
+            first_error = first_error or err
+    return infos
+
+
+def _started(ref, index: int, infos: list[tuple[int, dict]]) -> BaseException | None:
+    """Record actor `index`'s describe() answer in infos; its error (logged) when it failed to start."""
+    import ray
+
+    try:
+        infos.append((index, ray.get(ref)))
+        return None
+    except ray.exceptions.RayError as exc:
+        log.warning("a worker failed to start: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return exc
+
+
+def _actor_died(ref) -> bool:
+    """True when the finished ref says its actor is dead (the result itself is fetched again by the caller)."""
+    import ray
+
+    try:
+        ray.get(ref, timeout=0)
+        return False
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.RayError:
+        return False
+
+
+def _pump(actors, batches, on_rows, spec: WorkerSpec, starting: dict | None = None,
+          infos: list | None = None) -> int:
     """Keep INFLIGHT_PER_WORKER batches queued per actor, pulling new batches (and listing) only as slots free.
 
-    A batch whose actor died (killed, OOM, segfault) is resent once to the same actor handle, which Ray
-    restarts (max_restarts); only a second death fails its rows. Returns how many batches were resent.
+    Actors still starting (`starting`: describe ref -> index; answers are appended to infos) get their batches
+    queued at once, so the ones already up work meanwhile and every actor has work when it comes up. The
+    batches of an actor that fails to start go back to the others. A batch whose started actor died (killed,
+    OOM, segfault) is resent once to the same actor handle, which Ray restarts (max_restarts); only a second
+    death fails its rows. Returns how many batches were resent.
     """
     import ray
 
     from pipeline.writer import OutputSpaceError
 
+    starting = {} if starting is None else starting
+    infos = [(i, {}) for i in range(len(actors))] if infos is None else infos
     free = deque(i for i in range(len(actors)) for _ in range(INFLIGHT_PER_WORKER))
     inflight: dict = {}
+    requeued: deque = deque()  # batches of actors that never started, for the others
+    # actors that never started: those that already failed (neither answered nor still starting), and later ones
+    dead = set(range(len(actors))) - {i for i, _ in infos} - set(starting.values())
     exhausted = False
     retried = 0
+    deadline = time.monotonic() + START_TIMEOUT_S  # for the actors still starting
     while True:
-        while free and not exhausted:
-            batch = next(batches, None)
+        while free and (requeued or not exhausted):
+            a = free.popleft()
+            if a in dead:
+                continue  # its slot is gone
+            batch = requeued.popleft() if requeued else next(batches, None)
             if batch is None:
                 exhausted = True
+                free.appendleft(a)
                 break
-            a = free.popleft()
             inflight[actors[a].process.remote(batch)] = (a, batch, 0)
         if not inflight:
-            return retried
-        done, _ = ray.wait(list(inflight), num_returns=1)
+            if requeued:  # nobody left to run them
+                raise JobConfigError(f"no worker could start ({len(dead)} failed); see the warnings above")
+            return retried  # every batch is done
+        done, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=1.0 if starting else None)
+        for ref in [r for r in done if r in starting]:
+            index = starting.pop(ref)
+            if _started(ref, index, infos) is not None:
+                dead.add(index)
+        if starting and time.monotonic() > deadline:  # hung, not failed: give up on them
+            log.warning("%d workers did not start within %ds: their batches go to the others", len(starting),
+                        START_TIMEOUT_S)
+            dead.update(starting.values())
+            starting.clear()
+        for ref in [r for r in inflight if inflight[r][0] in dead] + [r for r in done if r in inflight]:
+            if ref not in inflight:
+                continue
+            a, batch, attempt = inflight[ref]
+            if a in dead or (a in starting.values() and _actor_died(ref)):
+                inflight.pop(ref)  # its actor never started: another one takes the batch, nothing is lost
+                dead.add(a)
+                requeued.append(batch)
+        done = [r for r in done if r in inflight]
         for ref in done:
             a, batch, attempt = inflight.pop(ref)
             try:
