@@ -31,6 +31,21 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+WORKER_PORTS = 40  # each node's workers take ports[1] .. ports[1] + WORKER_PORTS
+
+
+def _ports(nodes: int) -> list[int]:
+    """Free ports laid out as local_cluster reads them, none inside the worker range that starts at ports[1]
+    (Ray refuses to start a node whose named ports overlap it)."""
+    need = 8 + 8 * nodes
+    got = _free_ports(need + 16)
+    low = got[1]
+    rest = [p for p in got[:1] + got[2:] if not low <= p <= low + WORKER_PORTS]
+    while len(rest) < need - 1:  # rare: many free ports fell in the range; draw more
+        rest += [p for p in _free_ports(8) if not low <= p <= low + WORKER_PORTS and p not in rest]
+    return [rest[0], low, *rest[1:need - 1]]
+
+
 def _node_ports(ports: list[int]) -> list[str]:
     names = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
              "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
@@ -72,10 +87,11 @@ def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None
     # token auth must be off (or on) alike for head, workers and driver, else Ray Data jobs hang (ENVIRONMENT.md)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    ports = _free_ports(8 + 8 * nodes)
+    ports = _ports(nodes)
     gcs = ports[0]
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
-              "--disable-usage-stats", "--min-worker-port", str(ports[1]), "--max-worker-port", str(ports[1] + 40)]
+              "--disable-usage-stats", "--min-worker-port", str(ports[1]),
+              "--max-worker-port", str(ports[1] + WORKER_PORTS)]
     procs = []
     try:
         for i in range(nodes):

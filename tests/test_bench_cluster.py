@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from bench._cluster import local_cluster, node_cores, scaling_ratios
+from bench._cluster import WORKER_PORTS, _ports, local_cluster, node_cores, scaling_ratios
 
 
 def test_node_cores_split_the_machine_evenly():
@@ -15,6 +15,17 @@ def test_node_cores_split_the_machine_evenly():
     assert node_cores(2, total=1) is None  # nothing to split
     mine = node_cores(1)
     assert mine == [os.sched_getaffinity(0)]
+
+
+def test_named_ports_stay_out_of_the_worker_range():
+    # Ray refuses a node whose named ports fall inside --min/--max-worker-port (seen: the runtime-env agent's)
+    for nodes in (1, 2, 3):
+        for _ in range(20):
+            ports = _ports(nodes)
+            low = ports[1]
+            named = ports[:1] + ports[2:]
+            assert len(ports) == 8 + 8 * nodes and len(set(ports)) == len(ports)
+            assert not [p for p in named if low <= p <= low + WORKER_PORTS]
 
 
 def _run(rnd: int, nodes: int, job: float | None, running: float | None) -> dict:
