@@ -233,7 +233,10 @@ def _pump(actors, batches, on_rows, spec: WorkerSpec, starting: dict | None = No
             if requeued:  # nobody left to run them
                 raise JobConfigError(f"no worker could start ({len(dead)} failed); see the warnings above")
             return retried  # every batch is done
-        done, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=1.0 if starting else None)
+        done, _ = ray.wait([*starting, *inflight], num_returns=1, timeout=1.0 if starting else None)
+        if starting:  # every answer already in, before failures are judged (ray.wait returns in list order)
+            answered, _ = ray.wait(list(starting), num_returns=len(starting), timeout=0)
+            done = [*answered, *(r for r in done if r not in starting)]
         for ref in [r for r in done if r in starting]:
             index = starting.pop(ref)
             if _started(ref, index, infos) is not None:
