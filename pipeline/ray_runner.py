@@ -181,21 +181,7 @@ def _started(ref, index: int, infos: list[tuple[int, dict]]) -> BaseException | 
         return exc
 
 
-def _actor_died(ref) -> bool:
-    """True when the finished ref says its actor is dead (the result itself is fetched again by the caller)."""
-    import ray
-
-    try:
-        ray.get(ref, timeout=0)
-        return False
-    except ray.exceptions.RayActorError:
-        return True
-    except ray.exceptions.RayError:
-        return False
-
-
-def _pump(actors, batches, on_rows, spec: WorkerSpec, starting: dict | None = None,
-          infos: list | None = None) -> int:
+def _pump(actors, batches, on_rows, spec: WorkerSpec, starting: dict, infos: list) -> int:
     """Keep INFLIGHT_PER_WORKER batches queued per actor, pulling new batches (and listing) only as slots free.
 
     Actors still starting (`starting`: describe ref -> index; answers are appended to infos) get their batches
@@ -208,13 +194,18 @@ def _pump(actors, batches, on_rows, spec: WorkerSpec, starting: dict | None = No
 
     from pipeline.writer import OutputSpaceError
 
-    starting = {} if starting is None else starting
-    infos = [(i, {}) for i in range(len(actors))] if infos is None else infos
     free = deque(i for i in range(len(actors)) for _ in range(INFLIGHT_PER_WORKER))
     inflight: dict = {}
     requeued: deque = deque()  # batches of actors that never started, for the others
     # actors that never started: those that already failed (neither answered nor still starting), and later ones
     dead = set(range(len(actors))) - {i for i, _ in infos} - set(starting.values())
+
+    def give_back(index: int) -> None:
+        """Actor `index` will never start: its queued batches go to the others, nothing is lost."""
+        dead.add(index)
+        for ref in [r for r, (a, _, _) in inflight.items() if a == index]:
+            requeued.append(inflight.pop(ref)[1])
+
     exhausted = False
     retried = 0
     deadline = time.monotonic() + START_TIMEOUT_S  # for the actors still starting
@@ -240,20 +231,18 @@ def _pump(actors, batches, on_rows, spec: WorkerSpec, starting: dict | None = No
         for ref in [r for r in done if r in starting]:
             index = starting.pop(ref)
             if _started(ref, index, infos) is not None:
-                dead.add(index)
+                give_back(index)
         if starting and time.monotonic() > deadline:  # hung, not failed: give up on them
             log.warning("%d workers did not start within %ds: their batches go to the others", len(starting),
                         START_TIMEOUT_S)
-            dead.update(starting.values())
+            for index in starting.values():
+                give_back(index)
             starting.clear()
-        for ref in [r for r in inflight if inflight[r][0] in dead] + [r for r in done if r in inflight]:
-            if ref not in inflight:
-                continue
-            a, batch, attempt = inflight[ref]
-            if a in dead or (a in starting.values() and _actor_died(ref)):
-                inflight.pop(ref)  # its actor never started: another one takes the batch, nothing is lost
-                dead.add(a)
-                requeued.append(batch)
+        for ref in [r for r in done if r in inflight]:
+            # a finished batch of an actor that has not answered (all answers are in, and describe() runs
+            # first): it died while starting
+            if inflight[ref][0] in starting.values():
+                give_back(inflight[ref][0])
         done = [r for r in done if r in inflight]
         for ref in done:
             a, batch, attempt = inflight.pop(ref)
