@@ -34,7 +34,7 @@ def add_commands(sub) -> None:
     s.add_argument("--cron", default="0 2 * * *", help='nightly embed schedule (default "0 2 * * *")')
     s.add_argument("--embed-interval", type=float, metavar="SECONDS", help="run the embed every SECONDS instead")
     s.add_argument("--retrain-kind", default="denoise",
-                   choices=("denoise", "upscale", "ae", "vae", "conv-vae", "none"),
+                   choices=("denoise", "upscale", "ae", "vae", "conv-vae", "aae", "none"),
                    help="model kind retrained weekly and promoted if better (none: no retrain)")
     s.add_argument("--retrain-cron", default="0 3 * * 0", help='retrain schedule (default "0 3 * * 0")')
     s.add_argument("--retrain-interval", type=float, metavar="SECONDS", help="retrain every SECONDS instead")

@@ -40,8 +40,9 @@ def add_commands(sub) -> None:
         p.add_argument("--workers", type=_positive, default=None,
                        help="Ray actors (default: one per CPU, or per GPU with --device cuda)")
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto (default): the model's int8 graph on CPU when it ships one (PSNR-checked at "
-                            "export), else fp32; fp32; int8 (exit 2 if the model has none)")
+                       help="auto (default): the model's int8 graph on CPU, its fp16 graph on CUDA, when it "
+                            "has one (PSNR-checked at export), else fp32; fp32; int8 or fp16 (exit 2 if the "
+                            "model has none)")
         p.add_argument("--tile", type=_positive, default=512,
                        help="image2image: images larger than this many input pixels run in overlapping tiles")
         if job != "embed":

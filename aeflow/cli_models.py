@@ -13,7 +13,9 @@ _CHOICES = {"size": ("tiny", "small", "base"), "device": ("auto", "cpu", "cuda")
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 _HELP = {
     "data": "a folder of images, builtin:photos, builtin:mnist or builtin:digits",
-    "latent_dim": "latent size of ae/vae/conv-vae (default: the model's: 32, 2, 16)",
+    "latent_dim": "latent size of ae/vae/conv-vae/aae (default: the model's: 32, 2, 16, 2)",
+    "prior": "aae: the latent prior: gaussian, mixture (10 Gaussians on a circle) or mixture-labels "
+             "(each class its own component)",
     "scale": "upscale factor", "patch_size": "side of the training patch (image models)",
     "sigma_min": "denoise: lowest noise sigma, 0-255 scale", "sigma_max": "denoise: highest noise sigma",
     "patience": "epochs without a better validation loss before stopping",
@@ -37,7 +39,9 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """Add the `train` and `models` verbs."""
-    from models.train import KINDS, TrainSettings
+    from models.train import KINDS, PRIORS, TrainSettings
+
+    choices = dict(_CHOICES, prior=PRIORS)
 
     t = sub.add_parser("train", help="train a model, export it to ONNX and register it in the store",
                        description="Train KIND on --data, evaluate it, draw its pictures, export model.onnx and "
@@ -48,7 +52,7 @@ def add_commands(sub) -> None:
         if f.name == "kind":
             continue
         t.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_TYPES[str(f.type)], default=f.default,
-                       choices=_CHOICES.get(f.name), help=(_HELP.get(f.name, "") + f" (default: {f.default})").strip())
+                       choices=choices.get(f.name), help=(_HELP.get(f.name, "") + f" (default: {f.default})").strip())
     _add_store(t)
     t.add_argument("--name", default=None, help="store name (default: the kind; upscale-x2 / upscale-x4)")
     t.add_argument("--resume", type=Path, default=None, metavar="PATH", help="continue from this last.pt")

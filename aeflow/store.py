@@ -18,6 +18,7 @@ CARD = "card.json"
 ALIASES = "aliases.json"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # optional int8 graph of an image2image model (models/quantize.py)
+FP16_FILE = "model.fp16.onnx"  # optional fp16 graph of an image2image model, for CUDA (models/half.py)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 # Models shipped inside the package (issue 5): searched after the user's store.

@@ -17,8 +17,17 @@ DONE = ".complete"  # marker written last: a folder without it was interrupted a
 
 
 def _sources() -> list[np.ndarray]:
-    """The sample photos as uint8 HxWx3 (grey ones as three equal channels; _variant's gains tint them)."""
-    import skimage.data as data
+    """The sample photos as uint8 HxWx3 (grey ones as three equal channels; _variant's gains tint them).
+
+    Where scikit-image is not installed (the GPU machine's image), synthetic dead-leaves scenes stand in:
+    the throughput of a job does not depend on what the pixels show.
+    """
+    try:
+        import skimage.data as data
+    except ImportError:
+        from models.data import dead_leaves
+
+        return [dead_leaves(512, np.random.default_rng([17, i])) for i in range(8)]
 
     assert not RESERVED & set(COLOUR_SOURCES + GREY_SOURCES)
     out = []

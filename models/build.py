@@ -44,11 +44,15 @@ def export_model(checkpoint: Path, out_dir: Path, name: str, version: int) -> di
     model = load_model(checkpoint)
     result = export_onnx(model, out_dir / "model.onnx", name=name, version=version)
     if model.kind in ("denoise", "upscale"):
+        from aeflow.store import FP16_FILE
+        from models.half import build_fp16
         from models.quantize import INT8_FILE, build_int8
 
-        # jobs on CPU run this graph by default (--precision auto), and only when it kept the PSNR
-        result["int8"] = build_int8(model, model.kind, int(getattr(model.cfg, "scale", 1)), out_dir / "model.onnx",
-                                    out_dir / INT8_FILE)
+        # jobs run these graphs by default (--precision auto: int8 on CPU, fp16 on CUDA), and only when they
+        # kept the PSNR
+        scale = int(getattr(model.cfg, "scale", 1))
+        result["int8"] = build_int8(model, model.kind, scale, out_dir / "model.onnx", out_dir / INT8_FILE)
+        result["fp16"] = build_fp16(model.kind, scale, out_dir / "model.onnx", out_dir / FP16_FILE)
     if Path(checkpoint).resolve() != (out_dir / "checkpoint.pt").resolve():
         tmp = out_dir / ".checkpoint.pt.tmp"
         shutil.copy2(checkpoint, tmp)
@@ -82,7 +86,7 @@ def make_card(*, settings, result, metrics: dict, export: dict, pictures: list[s
         "parity": parity,
         "onnx": onnx,
         "pictures": sorted(Path(p).name for p in pictures),
-        **({"int8": export["int8"]} if "int8" in export else {}),
+        **{k: export[k] for k in ("int8", "fp16") if k in export},
         "training": {"device": result.device, "seconds": result.seconds, "epochs": len(history),
                      "best_epoch": best["epoch"] if best else None, "history": history},
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 PATCH_KINDS = ("denoise", "upscale")
-ARRAY_KINDS = ("ae", "vae", "conv-vae")
+ARRAY_KINDS = ("ae", "vae", "conv-vae", "aae")
 BUILTINS = ("builtin:photos", "builtin:mnist", "builtin:digits")
 
 # Colour/grey photos that scikit-image ships offline (each checked to load without a download).

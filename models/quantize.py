@@ -27,12 +27,16 @@ SIGMAS = (15, 25, 50)
 CALIB_CROPS = 24  # 48 gave the same graph quality at twice the time
 
 
-def crops(kind: str, scale: int, seed: int, n: int = 12, size: int = 128) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 input, clean target) pairs from the training photos: noisy crops (denoise) or downscaled (upscale)."""
+def crops(kind: str, scale: int, seed: int, n: int = 12, size: int = 128,
+          photos: tuple[str, ...] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 input, clean target) pairs: noisy crops (denoise) or downscaled (upscale) of scikit-image photos.
+
+    `photos`: the scikit-image names to cut from (default the training photos, models.data.TRAIN_PHOTOS).
+    """
     from models.data import TRAIN_PHOTOS, bicubic_down, skimage_photo
 
     size = size * scale if kind == "upscale" else size
-    photos = [a for a in (skimage_photo(p) for p in TRAIN_PHOTOS) if min(a.shape[:2]) >= size]
+    photos = [a for a in (skimage_photo(p) for p in (photos or TRAIN_PHOTOS)) if min(a.shape[:2]) >= size]
     rng, out = np.random.default_rng([seed, 8]), []
     for i in range(n):
         a = photos[i % len(photos)]
@@ -141,7 +145,8 @@ def _bias_correct(model, src: Path, quantized: Path, calib: list[np.ndarray], ou
     return done
 
 
-def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
+def copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
+    """Give dst the aeflow.* metadata of src, plus `extra` (e.g. the graph's precision)."""
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
@@ -154,8 +159,12 @@ def _copy_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
     onnx.save(m, str(dst))
 
 
-def psnr_check(kind: str, scale: int, fp32: Path, int8: Path, seed: int = 1) -> dict:
-    """Mean PSNR of both graphs on training crops other than the calibration ones (another seed)."""
+def psnr_check(kind: str, scale: int, fp32: Path, other: Path, seed: int = 1, label: str = "int8",
+               photos: tuple[str, ...] | None = None) -> dict:
+    """Mean PSNR of both graphs on training crops other than the calibration ones (another seed), or on `photos`.
+
+    The second graph's numbers are keyed `{label}_psnr` (int8, fp16).
+    """
     import onnxruntime as ort
 
     def run(path: Path):
@@ -168,20 +177,21 @@ def psnr_check(kind: str, scale: int, fp32: Path, int8: Path, seed: int = 1) -> 
         mse = np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2)
         return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
-    pairs = crops(kind, scale, seed, n=36)  # 12 per noise level: 4 crops judged a 0.07 dB loss as 0.10
+    pairs = crops(kind, scale, seed, n=36, photos=photos)  # 12 per noise level: 4 crops judged 0.07 dB as 0.10
     groups = {f"sigma{s}": pairs[i::len(SIGMAS)] for i, s in enumerate(SIGMAS)} if kind == "denoise" \
         else {f"x{scale}": pairs}
-    res: dict = {"crops": len(pairs), "fp32_psnr": {}, "int8_psnr": {}, "delta_db": {}, "median_delta_db": {},
+    res: dict = {"crops": len(pairs), "fp32_psnr": {}, f"{label}_psnr": {}, "delta_db": {}, "median_delta_db": {},
                  "worst_delta_db": {}}
-    f32, i8 = run(fp32), run(int8)
-    for label, group in groups.items():
+    f32, cand = run(fp32), run(other)
+    for group_name, group in groups.items():
         a = np.array([psnr(c, f32(x[None])[0]) for x, c in group])
-        b = np.array([psnr(c, i8(x[None])[0]) for x, c in group])
-        res["fp32_psnr"][label], res["int8_psnr"][label] = round(float(a.mean()), 3), round(float(b.mean()), 3)
+        b = np.array([psnr(c, cand(x[None])[0]) for x, c in group])
+        res["fp32_psnr"][group_name] = round(float(a.mean()), 3)
+        res[f"{label}_psnr"][group_name] = round(float(b.mean()), 3)
         # the mean is pulled down by near-flat crops (fp32 at 40+ dB), where int8's activation steps show most
-        res["delta_db"][label] = round(float(b.mean() - a.mean()), 3)
-        res["median_delta_db"][label] = round(float(np.median(b - a)), 3)
-        res["worst_delta_db"][label] = round(float((b - a).min()), 3)
+        res["delta_db"][group_name] = round(float(b.mean() - a.mean()), 3)
+        res["median_delta_db"][group_name] = round(float(np.median(b - a)), 3)
+        res["worst_delta_db"][group_name] = round(float((b - a).min()), 3)
     return res
 
 
@@ -217,7 +227,8 @@ def model_from_onnx(card: dict, onnx_path: Path):
     return model.eval()
 
 
-def _loss(check: dict) -> float:
+def loss_db(check: dict) -> float:
+    """dB lost by the second graph on its worst check set (positive: worse than fp32)."""
     return -min(check["delta_db"].values())
 
 
@@ -264,17 +275,17 @@ def build_int8(model, kind: str, scale: int, fp32: Path, out: Path, qat=None, pr
         recipe = _quantize(fp32, first, calib, keep)
         recipe["bias_corrected"] = _bias_correct(model, fp32, first, calib, corrected)
         _quantize(corrected, out, calib, keep)
-    _copy_metadata(fp32, out, {"aeflow.precision": "int8"})
+    copy_metadata(fp32, out, {"aeflow.precision": "int8"})
     check = psnr_check(kind, scale, fp32, out)
-    if _loss(check) > MAX_LOSS_DB and qat is not None and qat.steps:
-        log.info("post-training int8 loses %.3f dB: quantization-aware fine-tuning (%d steps)", _loss(check),
+    if loss_db(check) > MAX_LOSS_DB and qat is not None and qat.steps:
+        log.info("post-training int8 loses %.3f dB: quantization-aware fine-tuning (%d steps)", loss_db(check),
                  qat.steps)
         ptq = {"recipe": recipe, "check": check}
         recipe = _qat_int8(model, fp32, out, calib, keep, qat, progress)
         recipe["post_training_only"] = ptq  # what the cheaper recipe gave, for the card
-        _copy_metadata(fp32, out, {"aeflow.precision": "int8"})
+        copy_metadata(fp32, out, {"aeflow.precision": "int8"})
         check = psnr_check(kind, scale, fp32, out)
-    loss = _loss(check)
+    loss = loss_db(check)
     facts = {"file": out.name, "recipe": recipe, "check": check, "max_loss_db": MAX_LOSS_DB,
              "kept": loss <= MAX_LOSS_DB}
     if not facts["kept"]:
@@ -291,22 +302,33 @@ def add_int8_to_folder(version_dir: str | Path, qat=None, progress: bool = False
     """
     import json
 
-    from aeflow.store import CARD, MODEL_FILE, sha256_file
+    from aeflow.store import CARD, MODEL_FILE
 
     d = Path(version_dir)
     card = json.loads((d / CARD).read_text())
     kind, scale = card["kind"], int(card["settings"].get("scale") or 1)
     facts = build_int8(model_from_onnx(card, d / MODEL_FILE), kind, scale, d / MODEL_FILE, d / INT8_FILE,
                        qat=qat, progress=progress)
-    card["int8"] = facts
-    files = {k: v for k, v in card.get("files", {}).items() if k != INT8_FILE}
+    record_graph(d, "int8", INT8_FILE, facts)
+    return facts
+
+
+def record_graph(version_dir: Path, key: str, fname: str, facts: dict) -> None:
+    """Write a derived graph's facts to the folder's card under `key`, with its sha256 when it was kept."""
+    import json
+
+    from aeflow.store import CARD, sha256_file
+
+    d = Path(version_dir)
+    card = json.loads((d / CARD).read_text())
+    card[key] = facts
+    files = {k: v for k, v in card.get("files", {}).items() if k != fname}
     if facts["kept"]:
-        files[INT8_FILE] = sha256_file(d / INT8_FILE)
+        files[fname] = sha256_file(d / fname)
     card["files"] = files
     tmp = d / f".{CARD}.tmp"
     tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     tmp.replace(d / CARD)
-    return facts
 
 
 def main(argv: list[str] | None = None) -> None:

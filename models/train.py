@@ -18,6 +18,7 @@ KINDS = PATCH_KINDS + ARRAY_KINDS
 SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
+PRIORS = ("gaussian", "mixture", "mixture-labels")  # aae: the latent prior (models/nets/aae.py draws them)
 # Digit data is 28x28 grey whatever the model's own default input is.
 DIGIT_DATA = ("builtin:mnist", "builtin:digits")
 VAL_PATCHES = 64  # fixed validation patches for image models: enough for a stable loss, cheap on a CPU
@@ -32,7 +33,7 @@ class TrainSettings:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
-    latent_dim: int | None = None  # None: the model's default (ae 32, vae 2, conv-vae 16)
+    latent_dim: int | None = None  # None: the model's default (ae 32, vae 2, conv-vae 16, aae 2)
     scale: int = 2                 # upscale only
     patch_size: int = 48           # image models: side of the (high-resolution) training patch
     sigma_min: float = 5.0         # denoise: noise sigma range on the 0-255 scale
@@ -48,6 +49,7 @@ class TrainSettings:
     synthetic: int = 0             # denoise/upscale: dead-leaves images added to the training split
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs, step by step)
     dilation: int | None = None    # denoise: max dilation of the convs (IRCNN ramp); None: the size preset's
+    prior: str = "gaussian"        # aae: gaussian | mixture (10 on a circle) | mixture-labels (one per class)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -56,6 +58,10 @@ class TrainSettings:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        if self.prior != "gaussian" and self.kind != "aae":
+            raise ValueError(f"--prior applies to aae only, not to {self.kind}")
         if self.dilation is not None and (self.kind != "denoise" or self.dilation < 1):
             raise ValueError("--dilation applies to denoise only and must be >= 1")
         if self.synthetic < 0:
@@ -103,6 +109,8 @@ def model_config(settings: TrainSettings) -> dict:
         cfg["scale"] = settings.scale
     if settings.kind == "denoise" and settings.dilation is not None:
         cfg["max_dilation"] = settings.dilation
+    if settings.kind == "aae":
+        cfg["prior"] = settings.prior
     if settings.kind in ARRAY_KINDS:
         if settings.latent_dim is not None:
             cfg["latent_dim"] = settings.latent_dim
@@ -143,13 +151,14 @@ def compute_loss(model, kind: str, inp, target, beta: float = 1.0):
     denoise and upscale: MSE, which is what PSNR measures (DnCNN trains with it). L1 (EDSR's choice) was
     measured on upscale here and kept the residual branch at zero (0 is the median residual of flat areas):
     +0.0 dB over the model's bicubic base after 800 steps, where MSE gained 1.1 dB in 100 steps.
-    ae: MSE. vae/conv-vae: vae_loss (reconstruction + beta*KL).
+    ae and aae: MSE of the reconstruction (the aae's adversarial phases are in models/adversarial.py).
+    vae/conv-vae: vae_loss (reconstruction + beta*KL).
     """
     import torch.nn.functional as F
 
     if kind in ("denoise", "upscale"):
         return F.mse_loss(model(inp), target)
-    if kind == "ae":
+    if kind in ("ae", "aae"):
         x_hat, _ = model(inp)
         return F.mse_loss(x_hat, inp)
     from models.losses import vae_loss
@@ -172,7 +181,8 @@ def _val_batches(settings: TrainSettings, data, device: str):
     import torch
 
     x = torch.from_numpy(data.x_val)
-    return [(x[i:i + 256].to(device), None) for i in range(0, len(x), 256)]
+    y = None if data.y_val is None else torch.from_numpy(np.asarray(data.y_val))
+    return [(x[i:i + 256].to(device), None if y is None else y[i:i + 256].to(device)) for i in range(0, len(x), 256)]
 
 
 def _train_batches(settings: TrainSettings, data, epoch: int, device: str):
@@ -188,9 +198,12 @@ def _train_batches(settings: TrainSettings, data, epoch: int, device: str):
                           sigma_max=settings.sigma_max)
             yield to_tensor(inp, device), to_tensor(clean, device)
     else:
+        # array data yields its labels as the target (None when unlabelled): only the aae's prior may use them
         order = rng.permutation(len(data.x_train))
         for i in range(0, len(order), settings.batch_size):
-            yield torch.from_numpy(data.x_train[order[i:i + settings.batch_size]]).to(device), None
+            idx = order[i:i + settings.batch_size]
+            y = None if data.y_train is None else torch.from_numpy(np.asarray(data.y_train)[idx]).to(device)
+            yield torch.from_numpy(data.x_train[idx]).to(device), y
 
 
 def _n_train_batches(settings: TrainSettings, data) -> int:
@@ -229,7 +242,7 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
     # a resumed run keeps the architecture it was started with (the checkpoint's config)
     model = (create_model(settings.kind, **ckpt["config"]) if ckpt is not None
              else create_model(settings.kind, settings.size, **model_config(settings))).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizer = make_optimizer(model, settings)
     start_epoch, best_val, history = 1, float("inf"), []
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
@@ -243,6 +256,9 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
             _save(best_path, model, optimizer=optimizer, epoch=int(ckpt["epoch"]), best_val=ckpt.get("best_val"),
                   history=history, settings=asdict(settings))
     data = load_settings_data(settings, model)
+    if getattr(model, "conditional", False) and getattr(data, "y_train", None) is None:
+        raise ValueError(f"prior {settings.prior!r} draws each class from its own component: {settings.data} "
+                         "has no labels (use builtin:mnist, builtin:digits or a folder of class subfolders)")
     val = _val_batches(settings, data, device)
     stale = _epochs_since_best(history)
     for epoch in range(start_epoch, settings.epochs + 1):
@@ -251,23 +267,24 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
         te = time.time()
         model.train()
         torch.manual_seed(settings.seed * 1000 + epoch)  # VAE sampling noise, reproducible on resume
-        total, n = 0.0, 0
+        sums: dict[str, float] = {}
+        n = 0
         bar = tqdm(_train_batches(settings, data, epoch, device), total=_n_train_batches(settings, data),
                    desc=f"{settings.kind} epoch {epoch}/{settings.epochs}", disable=not progress, leave=False)
         steps = _n_train_batches(settings, data)
         for i, (inp, target) in enumerate(bar):
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(settings, (epoch - 1) * steps + i, settings.epochs * steps)
-            loss = compute_loss(model, settings.kind, inp, target, settings.beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, n = total + loss.item(), n + 1
-            bar.set_postfix(loss=f"{total / n:.4g}")
+            set_lr(optimizer, lr_at(settings, (epoch - 1) * steps + i, settings.epochs * steps))
+            stats = train_step(model, optimizer, settings, inp, target)
+            sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
+            n += 1
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4g}")
         bar.close()
+        total = sums.get("loss", 0.0)
         val_loss = evaluate_loss(model, settings, val)
         improved = val_loss < best_val
-        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss,
+        # the aae's adversarial phases add their epoch means (d_loss, g_loss, d_acc) beside the losses
+        extra = {k: v / max(n, 1) for k, v in sums.items() if k != "loss"}
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, **extra,
                         "seconds": round(time.time() - te, 2)})
         if improved:
             best_val = val_loss
@@ -285,6 +302,39 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
         raise ValueError(f"no best checkpoint in {workdir}: the run has no finished epoch")
     return TrainResult(checkpoint=best_path, last_checkpoint=last_path, history=history,
                        data=data.description, device=device, seconds=round(time.time() - t0, 2))
+
+
+def make_optimizer(model, settings: TrainSettings):
+    """Adam over the model; the aae gets one Adam per training phase (models/adversarial.py)."""
+    import torch
+
+    if settings.kind == "aae":
+        from models.adversarial import PhaseOptimizers
+
+        return PhaseOptimizers(model, settings.lr)
+    return torch.optim.Adam(model.parameters(), lr=settings.lr)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """Set the learning rate of a torch optimizer, or of every phase of the aae's PhaseOptimizers."""
+    if hasattr(optimizer, "set_lr"):
+        optimizer.set_lr(lr)
+        return
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def train_step(model, optimizer, settings: TrainSettings, inp, target) -> dict[str, float]:
+    """One optimisation step on a batch; returns {"loss": the batch's training loss, ...}."""
+    if settings.kind == "aae":
+        from models.adversarial import train_step as aae_step
+
+        return aae_step(model, optimizer, inp, target)
+    loss = compute_loss(model, settings.kind, inp, target, settings.beta)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item()}
 
 
 def lr_at(settings: TrainSettings, step: int, total: int) -> float:

@@ -10,6 +10,7 @@ DEFAULT_BATCH_SIZE = {"denoise": 8, "upscale": 8, "embed": 64}
 RUNNERS = ("auto", "ray", "local")
 DEFAULT_RUNNER = "auto"
 
-# Which graph of the model runs. auto: the version's int8 graph (model.int8.onnx, built and PSNR-checked at
-# export) on CPU when it has one, else model.onnx; fp32: always model.onnx; int8: the int8 graph or exit 2.
-PRECISIONS = ("auto", "fp32", "int8")
+# Which graph of the model runs. auto: on CPU the version's int8 graph (model.int8.onnx), on CUDA its fp16 graph
+# (model.fp16.onnx), each built and PSNR-checked at export, when it has one, else model.onnx; fp32: always
+# model.onnx; int8 / fp16: that graph or exit 2.
+PRECISIONS = ("auto", "fp32", "int8", "fp16")

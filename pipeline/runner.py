@@ -46,7 +46,7 @@ class JobConfig:
     overwrite: bool = False
     runner: str = DEFAULT_RUNNER  # auto | ray | local
     tile: int = 512  # tile core size in input pixels for image2image models
-    precision: str = "auto"  # auto | fp32 | int8 (pipeline.defaults.PRECISIONS)
+    precision: str = "auto"  # auto | fp32 | int8 | fp16 (pipeline.defaults.PRECISIONS)
     progress: bool = True
 
     def __post_init__(self):
@@ -83,16 +83,23 @@ def _check(cfg: JobConfig) -> tuple[Path, Path, Path | None]:
 
 def _load_model(cfg: JobConfig, device: str):
     """(ref, graph path, its sha256, ModelInfo, precision) for the job's model and --precision."""
-    from aeflow.store import INT8_FILE, ModelStore
+    from aeflow.store import FP16_FILE, INT8_FILE, MODEL_FILE, ModelStore
 
     ref = ModelStore(cfg.store).resolve(cfg.model)
     files = ref.card.get("files", {})
-    if cfg.precision == "int8" and INT8_FILE not in files:
-        raise JobConfigError(f"model {ref.id} has no int8 graph ({INT8_FILE}: built at export for denoise/upscale "
-                             "models when it keeps their PSNR); use --precision auto or fp32")
-    int8 = cfg.precision == "int8" or (cfg.precision == "auto" and INT8_FILE in files and device == "cpu")
+    graphs = {"fp32": MODEL_FILE, "int8": INT8_FILE, "fp16": FP16_FILE}
+    if cfg.precision in ("int8", "fp16") and graphs[cfg.precision] not in files:
+        raise JobConfigError(f"model {ref.id} has no {cfg.precision} graph ({graphs[cfg.precision]}: built at "
+                             "export for denoise/upscale models when it keeps their PSNR); use --precision auto "
+                             "or fp32")
+    precision = cfg.precision
+    if precision == "auto":  # the faster graph of this device, where the version has one that passed its gate
+        fast = "fp16" if device == "cuda" else "int8"
+        precision = fast if graphs[fast] in files else "fp32"
+    if precision == "fp16" and device == "cpu":
+        log.warning("--precision fp16 on CPU: onnxruntime runs float16 graphs slowly there; fp32 or int8 is faster")
     # verifies sha256: a tampered model is refused (exit 2)
-    path = ref.file(INT8_FILE) if int8 else ref.onnx_path()
+    path = ref.file(graphs[precision])
     # the card holds the graph's metadata (written at export, bound to the file by its sha256): importing onnx
     # to read it again costs 0.13 s, a tenth of a small embed job; the workers read it from their session
     meta = ref.card.get("onnx", {}).get("metadata") or {}
@@ -100,7 +107,7 @@ def _load_model(cfg: JobConfig, device: str):
     if info.role != JOB_ROLES[cfg.job]:
         raise JobConfigError(f"model {ref.id} is an {info.role} model; `{cfg.job}` needs {JOB_ROLES[cfg.job]}")
     # the graph's own hash: outputs of the other precision are redone by an incremental run, not kept
-    return ref, path, files[INT8_FILE] if int8 else ref.sha256, info, "int8" if int8 else "fp32"
+    return ref, path, files[graphs[precision]], info, precision
 
 
 def read_model_info(path: str | Path) -> ModelInfo:

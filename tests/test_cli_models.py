@@ -39,7 +39,8 @@ def trained_store(tmp_path_factory):
             ["upscale", "--scale", "4", "--data", str(photos), *IMAGE_FLAGS],
             ["ae", "--latent-dim", "8", *DIGIT_FLAGS],
             ["vae", "--latent-dim", "2", *DIGIT_FLAGS],
-            ["conv-vae", "--latent-dim", "4", *DIGIT_FLAGS]]
+            ["conv-vae", "--latent-dim", "4", *DIGIT_FLAGS],
+            ["aae", "--latent-dim", "2", "--prior", "mixture", *DIGIT_FLAGS]]
     for argv in runs:
         assert _train(argv, store) == 0, argv
     return store
@@ -47,7 +48,7 @@ def trained_store(tmp_path_factory):
 
 def test_every_kind_trains_exports_and_registers(trained_store, capsys):
     st = ModelStore(trained_store, include_shipped=False)
-    assert st.names() == ["ae", "conv-vae", "denoise", "upscale-x2", "upscale-x4", "vae"]
+    assert st.names() == ["aae", "ae", "conv-vae", "denoise", "upscale-x2", "upscale-x4", "vae"]
     for name in st.names():
         ref = st.resolve(name)  # no production alias yet: latest
         assert ref.version == 1 and ref.onnx_path().is_file()
@@ -83,6 +84,37 @@ def test_models_list_show_and_alias(trained_store, capsys):
     assert st.resolve("ae:production").version == 1 and st.aliases("ae")["production"] == 1
     assert main(["models", "list", "--store", str(trained_store)]) == 0
     assert "latest,production" in capsys.readouterr().out
+
+
+def test_aae_card_pictures_and_embed_job(trained_store, tmp_path):
+    """`aeflow train aae` registers encoder + decoder with the prior's numbers; `aeflow embed --model aae` runs it."""
+    from PIL import Image
+
+    from models.data import resolve_data
+    from pipeline.embeddings import read_embeddings, vectors_of
+
+    ref = ModelStore(trained_store, include_shipped=False).resolve("aae")
+    card = ref.card
+    assert card["main_metric"] == {"name": "recon_mse", "higher_is_better": False,
+                                   "value": card["metrics"]["recon_mse"]}
+    assert card["settings"]["prior"] == "mixture" and card["onnx"]["metadata"]["aeflow.role"] == "encoder"
+    for key in ("prior_mmd", "prior_mmd_floor", "latent_cov_err", "disc_acc", "knn_acc", "pca_knn_acc"):
+        assert isinstance(card["metrics"][key], float), key
+    assert all("d_acc" in h for h in card["training"]["history"])
+    assert {"latent_scatter.png", "latent_manifold.png", "training_curves.png"} <= set(card["pictures"])
+    assert (ref.path / "decoder.onnx").is_file()
+
+    digits = resolve_data("builtin:digits", "aae", input_size=28, channels=1, limit=20)
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i, a in enumerate(digits.x_train[:6]):
+        Image.fromarray(np.rint(a[0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "emb"
+    assert main(["embed", str(folder), str(out), "--model", "aae", "--store", str(trained_store),
+                 "--runner", "local", "--no-progress"]) == 0
+    table = read_embeddings(out)
+    assert table.num_rows == 6 and vectors_of(table).shape == (6, 2)
+    assert set(table.column("model").to_pylist()) == {ref.id}
 
 
 def test_resume_from_a_workdir_and_register_the_next_version(trained_store, tmp_path):

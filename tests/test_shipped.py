@@ -17,7 +17,7 @@ from aeflow.store import SHIPPED_ROOT, ModelStore
 from pipeline.inference import embed, image2image
 from pipeline.predictor import Predictor
 
-SHIPPED = ("denoise", "upscale-x2", "upscale-x4", "ae", "conv-vae")
+SHIPPED = ("denoise", "upscale-x2", "upscale-x4", "ae", "conv-vae", "aae")
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,6 +114,33 @@ def test_shipped_conv_vae_maps_digits_to_a_2d_latent_and_decodes_samples():
     assert samples.shape[0] == 8 and samples.size == 8 * 28 * 28 and samples.std() > 0
 
 
+def test_shipped_aae_codes_match_its_prior_closer_than_the_vae_means_match_theirs():
+    """The adversarial autoencoder's point: held-out codes are distributed as its prior (MMD near the two-sample
+    floor), where the VAE's latent means, also pulled toward a prior (N(0, I)) by its KL term, are not."""
+    import onnxruntime as ort
+    import torch
+
+    from models.adversarial import mmd2
+    from models.registry import create_model
+    from models.train import TrainSettings, model_config
+
+    x, y = _mnist_val(500)  # all of the split: it is in class order, and the prior holds every class
+    ref = _shipped("aae")
+    z = np.stack(embed(Predictor(str(ref.onnx_path())), list(x)))
+    assert z.shape == (len(x), 2) and _knn_accuracy(z, y) > 0.5  # a 2-d map that separates classes
+    settings = TrainSettings.from_dict(ref.card["settings"])
+    prior = create_model("aae", settings.size, **model_config(settings))
+    gen = torch.Generator().manual_seed(0)
+    p1, p2 = (prior.sample_prior(len(z), generator=gen) for _ in range(2))
+    floor, aae = mmd2(p1, p2), mmd2(torch.from_numpy(z), p1)
+    mu = np.stack(embed(Predictor(str(_shipped("conv-vae").onnx_path())), list(x)))
+    vae = mmd2(torch.from_numpy(mu), torch.randn(len(mu), 2, generator=gen))
+    assert aae < floor + 0.03 and aae < vae / 5, (aae, floor, vae)
+    dec = ort.InferenceSession(str(ref.file("decoder.onnx")), providers=["CPUExecutionProvider"])
+    samples = dec.run(None, {"latent": p1[:8].numpy()})[0]  # the prior's samples decode to images
+    assert samples.shape == (8, 28, 28, 1) and samples.std() > 20
+
+
 def test_first_denoise_works_out_of_the_box(tmp_path):
     """No store, no --model: `aeflow denoise` runs the shipped model."""
     src = tmp_path / "in"
@@ -161,6 +188,32 @@ def test_int8_graph_runs_on_cpu_by_default_and_fp32_on_request(tmp_path, job, na
     if job == "denoise":  # held-out photo: int8 denoises about as well as fp32
         assert abs(_psnr(int8_out, clean["rocket"]) - _psnr(fp32_out, clean["rocket"])) < 0.3
     assert run_job(JobConfig(**cfg, precision="fp32"))["counts"]["skipped"] == 2
+
+
+def test_fp16_graph_is_gated_on_held_out_photos_and_runs_on_cpu_on_request(tmp_path):
+    """The CUDA default graph (fp16) ships PSNR-checked on held-out photos; on CPU it runs only when asked for."""
+    from aeflow.store import FP16_FILE
+    from models.data import HELDOUT_PHOTOS
+    from pipeline.runner import JobConfig, run_job
+
+    for name in ("denoise", "upscale-x2", "upscale-x4"):
+        facts = _shipped(name).card["fp16"]
+        assert facts["kept"] and facts["check_photos"] == list(HELDOUT_PHOTOS)
+        assert min(facts["check"]["delta_db"].values()) >= -0.1
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    clean = _heldout_crop("rocket", 48)
+    noisy = np.clip(np.rint(clean + np.random.default_rng(5).normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(src / "rocket.png")
+    cfg = dict(job="denoise", in_dir=src, out_dir=out, model="denoise", store=tmp_path / "empty-store",
+               device="cpu", runner="local", progress=False)
+    s = run_job(JobConfig(**cfg, precision="fp16"))
+    assert s["precision"] == "fp16" and s["model"]["sha256"] == _shipped("denoise").card["files"][FP16_FILE]
+    fp16_out = np.asarray(Image.open(out / "rocket.png"))
+    run_job(JobConfig(**cfg, precision="fp32"))
+    fp32_out = np.asarray(Image.open(out / "rocket.png"))
+    assert np.abs(fp16_out.astype(int) - fp32_out).max() <= 2
+    assert run_job(JobConfig(**cfg))["precision"] == "int8"  # auto on CPU never picks the fp16 graph
 
 
 def test_int8_request_without_an_int8_graph_is_a_usage_error(tmp_path):

@@ -58,5 +58,26 @@ def test_gate_refuses_worse_and_accepts_better(prefect_api, flow_run_artifacts, 
         # export also tried an int8 graph; the card says whether it kept the PSNR, and the files agree
         card = ModelStore(store).get("denoise", v).card
         assert set(card["int8"]["check"]["delta_db"]) == {"sigma15", "sigma25", "sigma50"}
+        # and an fp16 graph (the CUDA default), checked on held-out photos; its sha256 on the card if kept
+        assert set(card["fp16"]["check"]["delta_db"]) == {"sigma15", "sigma25", "sigma50"}
+        assert ("model.fp16.onnx" in card["files"]) == card["fp16"]["kept"]
         assert ("model.int8.onnx" in card["files"]) == card["int8"]["kept"]
         assert (Path(store) / "denoise" / str(v) / "model.int8.onnx").is_file() == card["int8"]["kept"]
+
+
+def test_aae_trains_registers_and_gates_on_reconstruction_error(prefect_api, tmp_path):
+    """The adversarial autoencoder through the same flow: registered with its prior's numbers, gated on recon_mse."""
+    from aeflow.store import ModelStore
+    from flows.train import train_flow
+
+    tiny = dict(kind="aae", data="builtin:digits", epochs=1, size="tiny", limit=120, latent_dim=2,
+                prior="mixture-labels", device="cpu", store=str(tmp_path / "store"))
+    first = train_flow(**tiny, workdir=str(tmp_path / "w1"))
+    assert first["promoted"] and first["model"] == "aae:1"
+    card = ModelStore(tiny["store"]).get("aae", 1).card
+    assert card["settings"]["prior"] == "mixture-labels" and card["main_metric"]["name"] == "recon_mse"
+    assert "prior_mmd" in card["metrics"] and "latent_manifold.png" in card["pictures"]
+    # the second run scores both versions on the same data; lower reconstruction error wins
+    second = train_flow(**dict(tiny, epochs=3), workdir=str(tmp_path / "w2"))
+    gate, prod = second["gate_metrics"]["recon_mse"], second["production_metrics"]["recon_mse"]
+    assert second["promoted"] == (gate <= prod) and "recon_mse" in second["reason"]

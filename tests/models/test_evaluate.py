@@ -28,7 +28,7 @@ def tiny_runs(tmp_path_factory):
                               patch_size=16, size="tiny", val_fraction=0.25)
         else:
             s = TrainSettings(kind=kind, data="builtin:digits", epochs=1, size="tiny", limit=150,
-                              latent_dim=2 if kind == "vae" else 4)
+                              latent_dim=2 if kind in ("vae", "aae") else 4)
         runs[kind] = train_model(s, root.parent / f"run-{kind}", progress=False).checkpoint
     return runs
 
@@ -48,6 +48,11 @@ def test_metrics_have_the_main_metric_and_are_finite(tiny_runs, kind):
     elif kind == "ae":
         assert 0 <= m["knn_acc"] <= 1 and 0 <= m["pca_knn_acc"] <= 1 and m["pca_dim"] == 4
         assert m["recon_mse"] > 0
+    elif kind == "aae":
+        assert 0 <= m["knn_acc"] <= 1 and 0 <= m["pca_knn_acc"] <= 1 and m["pca_dim"] == 2
+        assert m["recon_mse"] > 0 and 0 <= m["disc_acc"] <= 1
+        assert m["prior_mmd"] > m["prior_mmd_floor"]  # one epoch on 150 digits is far from the prior
+        assert m["latent_mean_err"] >= 0 and m["latent_cov_err"] >= 0
     else:
         assert m["elbo"] == pytest.approx(-(m["recon"] + m["kl"]))
         assert m["kl"] >= 0
@@ -72,6 +77,7 @@ def test_y_channel_and_promotion_rule():
 @pytest.mark.parametrize("kind,expected", [
     ("denoise", {"reconstructions.png", "training_curves.png"}),
     ("vae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
+    ("aae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
 ])
 def test_pictures_are_pngs(tiny_runs, tmp_path, kind, expected):
     files = make_pictures(tiny_runs[kind], tmp_path)

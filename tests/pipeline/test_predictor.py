@@ -19,6 +19,24 @@ def test_predictor_runs_each_role(store):
     assert up.providers == ["CPUExecutionProvider"] and up.device == "cpu"
 
 
+def test_io_binding_gives_the_same_outputs_and_is_off_on_cpu_by_default(store, monkeypatch):
+    """The CUDA path binds input and output buffers; the same code runs on CPU, where the default is off."""
+    s = ModelStore(store)
+    rng = np.random.default_rng(0)
+    for name, shape in (("upscale-x2", (2, 9, 11, 3)), ("ae", (3, 8, 8, 3))):
+        path = str(s.resolve(name).onnx_path())
+        plain, bound = Predictor(path), Predictor(path, io_binding=True)
+        assert not plain.io_binding and bound.io_binding
+        x = {"image": rng.integers(0, 256, shape, dtype=np.uint8)}
+        (key, a), (_, b) = next(iter(plain(x).items())), next(iter(bound(x).items()))
+        assert a.dtype == b.dtype and np.array_equal(a, b), key
+    monkeypatch.setenv("AEFLOW_IO_BINDING", "1")
+    assert Predictor(str(s.resolve("ae").onnx_path())).io_binding
+    monkeypatch.setenv("AEFLOW_IO_BINDING", "yes")
+    with pytest.raises(JobConfigError, match="AEFLOW_IO_BINDING"):
+        Predictor(str(s.resolve("ae").onnx_path()))
+
+
 def test_devices_without_gpu():
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == "cpu"
