@@ -248,3 +248,32 @@ def load_image(path: str | os.PathLike, channels: int = 3, max_pixels: int = DEF
     except OSError as exc:
         raise ImageDecodeError(f"cannot read {path}: {exc.strerror or exc}") from None
     return decode_image(data, channels=channels, max_pixels=max_pixels, min_side=min_side)
+
+
+FITS = ("crop", "squash")  # how an encoder's S×S input is made from a whole image
+
+
+def fit_square(image: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
+    """An encoder's S×S input (uint8 HxWxC in and out), made the same way for training and for inference.
+
+    crop: resize the shorter side to `size` (bicubic) and cut out the centre; squash: resize the whole image to
+    size×size, so nothing near the borders is lost (what copy detection needs: a crop of a photo must still
+    look like the photo).
+    """
+    from PIL import Image
+
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
+    h, w, c = image.shape
+    if fit == "squash":
+        nh, nw = size, size
+    else:
+        s = size / min(h, w)
+        nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    if (nh, nw) != (h, w):
+        im = Image.fromarray(image[..., 0] if c == 1 else image)
+        image = np.asarray(im.resize((nw, nh), Image.BICUBIC))
+        if image.ndim == 2:
+            image = image[..., None]
+    y0, x0 = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(image[y0:y0 + size, x0:x0 + size])

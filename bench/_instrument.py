@@ -110,7 +110,7 @@ def run_aeflow_local(bm: BenchModel, in_dir: Path, out_dir: Path, device: str) -
         (reader, "read_bytes", ex.fn, "read"),
         (reader, "decode_with_header", ex.fn, "decode"),  # one open: pixels, ICC profile and full size
         (reader, "decode_image_alpha", ex.fn, "decode"), (reader, "decode_image", ex.fn, "decode"),
-        (inference, "center_square", ex.fn, "decode"), (worker, "center_square", ex.fn, "decode"),  # encoders
+        (inference, "fit_square", ex.fn, "decode"), (worker, "fit_square", ex.fn, "decode"),  # encoders
         (predictor.Predictor, "__call__", ex.fn, "infer"),
         (writer, "with_alpha", ex.fn, "encode"), (writer, "encode_image", ex.fn, "encode"),
         (writer, "write_bytes_atomic", ex.fn, "write"), (writer, "confined_path", ex.fn, "write"),

@@ -79,9 +79,9 @@ def _decode(data: bytes, input_size: int, draft: bool = False, channels: int = 3
         a = np.asarray(Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB"))
         a = a[..., None] if a.ndim == 2 else a
     if input_size:
-        from pipeline.reader import center_square
+        from aeflow.imageio import fit_square
 
-        a = center_square(a, input_size)
+        a = fit_square(a, input_size)
     return a
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aeflow.imageio import fit_square
+
 PATCH_KINDS = ("denoise", "upscale")
 ARRAY_KINDS = ("ae", "vae", "conv-vae", "aae")
+VIEW_KINDS = ("photo-ae",)  # trained on edited views of whole photos (models/views.py)
 BUILTINS = ("builtin:photos", "builtin:mnist", "builtin:digits")
 
 # Colour/grey photos that scikit-image ships offline (each checked to load without a download).
@@ -110,20 +113,6 @@ def _split(n: int, val_fraction: float, seed: int, min_val: int = 1) -> tuple[np
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` (bicubic) and centre-crop to size x size; uint8 HxWxC in and out."""
-    from PIL import Image
-
-    h, w, c = img.shape
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    im = Image.fromarray(img[..., 0] if c == 1 else img)
-    a = np.asarray(im.resize((nw, nh), Image.BICUBIC))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    a = a[top:top + size, left:left + size]
-    return a[..., None] if a.ndim == 2 else a
-
-
 def _builtin_digits(spec: str, input_size: int, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(uint8 N x S x S x 1, labels, description) for builtin:mnist / builtin:digits."""
     from PIL import Image
@@ -161,7 +150,8 @@ def _folder_labels(root: Path, paths: list[Path]) -> np.ndarray | None:
 
 
 def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 1, val_fraction: float = 0.1,
-                 seed: int = 0, limit: int | None = None, synthetic: int = 0) -> PatchData | ArrayData:
+                 seed: int = 0, limit: int | None = None, synthetic: int = 0,
+                 fit: str = "crop") -> PatchData | ArrayData:
     """Load `spec` (a folder, builtin:photos, builtin:mnist or builtin:digits) for a model `kind`.
 
     Patch kinds get whole RGB images split by image, plus `synthetic` dead-leaves images added to the
@@ -173,7 +163,7 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
     is_builtin = spec.startswith("builtin:")
     if is_builtin and spec not in BUILTINS:
         raise DataError(f"unknown builtin data {spec!r}; choose one of {', '.join(BUILTINS)} or a folder path")
-    if kind in PATCH_KINDS:
+    if kind in PATCH_KINDS + VIEW_KINDS:
         if spec == "builtin:photos":
             names = list(TRAIN_PHOTOS[:limit] if limit else TRAIN_PHOTOS)
             images = [skimage_photo(n) for n in names]
@@ -219,7 +209,7 @@ def resolve_data(spec: str, kind: str, *, input_size: int = 28, channels: int = 
             imgs, paths = _load_folder(root, channels, limit)
             y = _folder_labels(root, paths) if root.is_dir() else None
             desc, dhash = f"image folder {root}", _hash_files(root if root.is_dir() else root.parent, paths)
-        x = np.stack([resize_center_crop(a, input_size) for a in imgs])
+        x = np.stack([fit_square(a, input_size, fit) for a in imgs])
     tr, va = _split(len(x), val_fraction, seed)
     if len(va) == 0:
         tr = va = np.arange(len(x))

@@ -16,7 +16,9 @@ MAIN_METRIC: dict[str, tuple[str, bool]] = {
     "vae": ("elbo", True),            # ELBO = -(reconstruction + KL) per sample: a log-likelihood bound
     "conv-vae": ("elbo", True),
     "aae": ("recon_mse", False),      # the adversarial terms only shape the latent; how well it rebuilds is the score
+    "photo-ae": ("copy_recall_at_1", True),  # edited copies of held-out photos that find their original first
 }
+COPIES_PER_PHOTO = 6  # photo-ae: edited copies of each validation photo searched against the originals
 PRIOR_SAMPLES = 2000  # aae: latents compared with the prior (MMD is quadratic in this)
 SIGMAS = (15, 25, 50)
 EVAL_CROP = 256  # image metrics on the central crop of at most this side: bounded CPU time on big photos
@@ -173,6 +175,34 @@ def _encoder_metrics(model, kind: str, ds: ArrayData, seed: int) -> dict:
     return out
 
 
+def _copy_metrics(model, images: list[np.ndarray], seed: int) -> dict:
+    """Copy detection on whole photos: each one's edited copies (models/views.py) searched among the originals."""
+    import torch
+
+    from aeflow.imageio import fit_square
+    from models.views import edited, view_batch
+
+    size, fit = model.cfg.input_size, model.cfg.fit
+    rng = np.random.default_rng([seed, 31])
+    originals = np.stack([fit_square(im, size, fit) for im in images])
+    copies = np.stack([edited(im, rng, size, fit) for im in images for _ in range(COPIES_PER_PHOTO)])
+    source = np.repeat(np.arange(len(images)), COPIES_PER_PHOTO)
+
+    def codes(a: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0
+        return _batched(model.encode, x.numpy(), bs=64)
+
+    zo, zc = codes(originals), codes(copies)
+    sims = zc @ zo.T
+    rank = (sims > sims[np.arange(len(zc)), source][:, None]).sum(1)  # originals closer than the true one
+    v1, _, clean = view_batch(images, min(64, 8 * len(images)), size, rng, fit)
+    x, c = (torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0 for a in (v1, clean))
+    with torch.no_grad():
+        rec = float(torch.mean((model(x)[0] - c) ** 2))
+    return {"copy_recall_at_1": float(np.mean(rank == 0)), "copy_recall_at_5": float(np.mean(rank < 5)),
+            "copy_queries": int(len(zc)), "copy_originals": int(len(zo)), "recon_mse": rec}
+
+
 def evaluate_model(checkpoint: Path, data: str | None = None, seed: int = 0, limit: int | None = None) -> dict:
     """Metrics of the checkpoint on its validation split (or on `data`); MAIN_METRIC names the key to promote on."""
     model, settings, ds = load_for_eval(Path(checkpoint), data, limit)
@@ -180,6 +210,8 @@ def evaluate_model(checkpoint: Path, data: str | None = None, seed: int = 0, lim
         images = ds.train + ds.val if data else ds.val  # given data: every image is unseen
         if settings.kind == "denoise":
             out = _denoise_metrics(model, images, seed)
+        elif settings.kind == "photo-ae":
+            out = _copy_metrics(model, images, seed)
         else:
             out = _upscale_metrics(model, images, model.cfg.scale)
         out.update(num_images=len(images), eval_crop=EVAL_CROP)

@@ -242,7 +242,8 @@ def _encoder_decoder(model, sizes, meta: dict, normalize: bool, opset: int, dyna
     sizes = [tuple(int(v) for v in sz) for sz in (sizes or ((1, s, s), (3, s, s)))]
     if any(sz[1:] != (s, s) for sz in sizes):
         raise ValueError(f"{model.kind} takes {s}x{s} images only; parity_sizes were {sizes}")
-    meta = dict(meta, **{"aeflow.scale": "1", "aeflow.input_size": str(s), "aeflow.latent_dim": str(d)})
+    meta = dict(meta, **{"aeflow.scale": "1", "aeflow.input_size": str(s), "aeflow.latent_dim": str(d),
+                         "aeflow.fit": str(getattr(model.cfg, "fit", "crop"))})
     inputs = [rng.integers(0, 256, (n, s, s, c), dtype=np.uint8) for n, _, _ in sizes]
     wrap = Encoder(model, normalize).eval()
     proto = _to_proto(wrap, (torch.from_numpy(np.repeat(inputs[0], 2, axis=0)),),
@@ -286,8 +287,8 @@ def export_onnx(model, path: str | os.PathLike, *, name: str, version: int, norm
     model = copy.deepcopy(model).cpu().float().eval()  # never touch the caller's model (device, train mode)
     path = Path(path)
     encoder = is_encoder(model)
-    if normalize is None:
-        normalize = model.kind == "ae"
+    if normalize is None:  # a model says so with `normalized` (the photo-ae); else the ae's embeddings are unit
+        normalize = bool(getattr(model, "normalized", model.kind == "ae"))
     if normalize and not encoder:
         raise ValueError(f"normalize applies to encoders only, not to {model.kind!r}")
     meta = {"aeflow.kind": model.kind, "aeflow.channels": str(model.cfg.channels if encoder else 3),

@@ -1,4 +1,4 @@
-"""VAE loss terms: the Gaussian KL divergence and the BCE + beta * KL objective."""
+"""Loss terms: the VAE's Gaussian KL divergence and BCE + beta * KL objective; the photo-ae's InfoNCE."""
 from __future__ import annotations
 
 import torch
@@ -25,3 +25,14 @@ def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
     kl = kl_divergence(mu, logvar)
     recon_mean, kl_mean = recon.mean(), kl.mean()
     return recon_mean + beta * kl_mean, recon_mean, kl_mean
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE between unit-length codes of two views (N,D): row i of z1 should pick row i of z2.
+
+    Oord et al. 2018, "Representation Learning with Contrastive Predictive Coding", eq. 4, with the other
+    samples of the batch as negatives (SimCLR's NT-Xent, Chen et al. 2020, without the projection head).
+    """
+    logits = z1 @ z2.T / temperature
+    labels = torch.arange(len(z1), device=z1.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

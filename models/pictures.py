@@ -1,4 +1,4 @@
-"""PNG pictures beside a model: reconstructions, training curves, and the latent scatter and manifold of 2-d VAEs and AAEs."""
+"""PNG pictures beside a model: reconstructions, training curves, the latent scatter and manifold of 2-d VAEs/AAEs."""
 from __future__ import annotations
 
 import os
@@ -59,7 +59,15 @@ def reconstruction_grid(model, kind: str, ds, path: Path, seed: int = 0) -> str:
 
     from models.evaluate import center_crop, run_image_model
 
-    if isinstance(ds, PatchData):
+    if kind == "photo-ae":  # the clean crop, an edited copy of it, and what the decoder makes of the copy
+        from models.views import view_batch
+
+        v1, _, clean = view_batch(ds.val, PHOTO_SAMPLES * 2, model.cfg.input_size, np.random.default_rng(seed))
+        with torch.no_grad():
+            out = model(torch.from_numpy(v1).permute(0, 3, 1, 2).float() / 255.0)[0]
+        outputs = list(out.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+        rows = [("clean crop", list(clean)), ("edited copy", list(v1)), ("decoded", outputs)]
+    elif isinstance(ds, PatchData):
         scale = getattr(model.cfg, "scale", 1)
         clean = [center_crop(im, PHOTO_CROP, multiple=scale) for im in ds.val[:PHOTO_SAMPLES]]
         if kind == "denoise":

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import ARRAY_KINDS, PATCH_KINDS, PatchData, degrade, resolve_data, sample_patches
+from models.data import ARRAY_KINDS, PATCH_KINDS, VIEW_KINDS, PatchData, degrade, resolve_data, sample_patches
 
 log = logging.getLogger(__name__)
 
-KINDS = PATCH_KINDS + ARRAY_KINDS
+KINDS = PATCH_KINDS + ARRAY_KINDS + VIEW_KINDS
 SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
@@ -22,6 +22,10 @@ PRIORS = ("gaussian", "mixture", "mixture-labels")  # aae: the latent prior (mod
 # Digit data is 28x28 grey whatever the model's own default input is.
 DIGIT_DATA = ("builtin:mnist", "builtin:digits")
 VAL_PATCHES = 64  # fixed validation patches for image models: enough for a stable loss, cheap on a CPU
+# photo-ae: the contrastive term between two edited views of one crop, beside their reconstruction loss
+# (InfoNCE, Oord et al. 2018; the weight keeps it an autoencoder: reconstruction still dominates the gradient)
+PHOTO_NCE_WEIGHT = 0.1
+PHOTO_NCE_TEMPERATURE = 0.1
 
 
 @dataclass
@@ -70,8 +74,8 @@ class TrainSettings:
             raise ValueError(f"--synthetic applies to {', '.join(PATCH_KINDS)}, not {self.kind}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        if self.latent_dim is not None and self.kind not in ARRAY_KINDS:
-            raise ValueError(f"--latent-dim applies to {', '.join(ARRAY_KINDS)}, not {self.kind}")
+        if self.latent_dim is not None and self.kind not in ARRAY_KINDS + VIEW_KINDS:
+            raise ValueError(f"--latent-dim applies to {', '.join(ARRAY_KINDS + VIEW_KINDS)}, not {self.kind}")
         if self.kind == "upscale" and self.scale not in (2, 4):
             raise ValueError(f"upscale scale must be 2 or 4, got {self.scale}")
         if self.kind == "upscale" and self.patch_size % self.scale:
@@ -111,6 +115,8 @@ def model_config(settings: TrainSettings) -> dict:
         cfg["max_dilation"] = settings.dilation
     if settings.kind == "aae":
         cfg["prior"] = settings.prior
+    if settings.kind in VIEW_KINDS and settings.latent_dim is not None:
+        cfg["latent_dim"] = settings.latent_dim
     if settings.kind in ARRAY_KINDS:
         if settings.latent_dim is not None:
             cfg["latent_dim"] = settings.latent_dim
@@ -124,7 +130,7 @@ def load_settings_data(settings: TrainSettings, model, data: str | None = None, 
     return resolve_data(data or settings.data, settings.kind,
                         input_size=getattr(model.cfg, "input_size", 28), channels=getattr(model.cfg, "channels", 1),
                         val_fraction=val_fraction or settings.val_fraction, seed=settings.seed, limit=settings.limit,
-                        synthetic=settings.synthetic if data is None else 0)
+                        synthetic=settings.synthetic if data is None else 0, fit=getattr(model.cfg, "fit", "crop"))
 
 
 def pick_device(device: str) -> str:
@@ -161,6 +167,14 @@ def compute_loss(model, kind: str, inp, target, beta: float = 1.0):
     if kind in ("ae", "aae"):
         x_hat, _ = model(inp)
         return F.mse_loss(x_hat, inp)
+    if kind == "photo-ae":
+        from models.losses import info_nce
+
+        # inp: two edited views (2,N,C,S,S); target: the clean crop they came from. The first view is decoded
+        # (an autoencoder that undoes the edits), both are encoded for the contrastive term.
+        r1, z1 = model(inp[0])
+        z2 = model.encode(inp[1])
+        return F.mse_loss(r1, target) + PHOTO_NCE_WEIGHT * info_nce(z1, z2, PHOTO_NCE_TEMPERATURE)
     from models.losses import vae_loss
 
     x_hat, mu, logvar = model(inp)
@@ -168,8 +182,22 @@ def compute_loss(model, kind: str, inp, target, beta: float = 1.0):
     return loss
 
 
-def _val_batches(settings: TrainSettings, data, device: str):
+def _views(images, n: int, size: int, rng, device: str):
+    """(2 edited views as one (2,N,C,S,S) tensor, the clean crops) for the photo-ae (models/views.py)."""
+    import torch
+
+    from models.views import view_batch
+
+    v1, v2, clean = view_batch(images, n, size, rng)
+    return torch.stack([to_tensor(v1, device), to_tensor(v2, device)]), to_tensor(clean, device)
+
+
+def _val_batches(settings: TrainSettings, data, device: str, model_input_size: int = 0):
     """Fixed validation batches (same patches and noise every epoch, so epochs compare)."""
+    if settings.kind in VIEW_KINDS:
+        rng = np.random.default_rng([settings.seed, 7919])
+        return [_views(data.val, settings.batch_size, model_input_size, rng, device)
+                for _ in range(-(-VAL_PATCHES // settings.batch_size))]
     if isinstance(data, PatchData):
         rng = np.random.default_rng([settings.seed, 7919])
         clean = sample_patches(data.val, VAL_PATCHES, settings.patch_size, rng, augment=False)
@@ -185,12 +213,15 @@ def _val_batches(settings: TrainSettings, data, device: str):
     return [(x[i:i + 256].to(device), None if y is None else y[i:i + 256].to(device)) for i in range(0, len(x), 256)]
 
 
-def _train_batches(settings: TrainSettings, data, epoch: int, device: str):
+def _train_batches(settings: TrainSettings, data, epoch: int, device: str, model_input_size: int = 0):
     """The epoch's training batches, drawn with a generator seeded by (seed, epoch) so a resumed run repeats them."""
     import torch
 
     rng = np.random.default_rng([settings.seed, epoch])
-    if isinstance(data, PatchData):
+    if settings.kind in VIEW_KINDS:
+        for _ in range(settings.steps_per_epoch):
+            yield _views(data.train, settings.batch_size, model_input_size, rng, device)
+    elif isinstance(data, PatchData):
         for _ in range(settings.steps_per_epoch):
             clean = sample_patches(data.train, settings.batch_size, settings.patch_size, rng)
             # fresh degradation every batch: the model never sees the same noise twice
@@ -256,10 +287,15 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
             _save(best_path, model, optimizer=optimizer, epoch=int(ckpt["epoch"]), best_val=ckpt.get("best_val"),
                   history=history, settings=asdict(settings))
     data = load_settings_data(settings, model)
+    if settings.kind in VIEW_KINDS:  # views need photos of about twice the model's input; smaller, edits cost less
+        from models.views import shrink
+
+        data.train, data.val = (shrink(im, 2 * model.cfg.input_size) for im in (data.train, data.val))
     if getattr(model, "conditional", False) and getattr(data, "y_train", None) is None:
         raise ValueError(f"prior {settings.prior!r} draws each class from its own component: {settings.data} "
                          "has no labels (use builtin:mnist, builtin:digits or a folder of class subfolders)")
-    val = _val_batches(settings, data, device)
+    size = int(getattr(model.cfg, "input_size", 0))
+    val = _val_batches(settings, data, device, size)
     stale = _epochs_since_best(history)
     for epoch in range(start_epoch, settings.epochs + 1):
         if _should_stop(stale, settings.patience):
@@ -269,7 +305,7 @@ def train_model(settings: TrainSettings, workdir: Path, resume: Path | None = No
         torch.manual_seed(settings.seed * 1000 + epoch)  # VAE sampling noise, reproducible on resume
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(_train_batches(settings, data, epoch, device), total=_n_train_batches(settings, data),
+        bar = tqdm(_train_batches(settings, data, epoch, device, size), total=_n_train_batches(settings, data),
                    desc=f"{settings.kind} epoch {epoch}/{settings.epochs}", disable=not progress, leave=False)
         steps = _n_train_batches(settings, data)
         for i, (inp, target) in enumerate(bar):

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image_alpha, display_size, open_image
+from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image_alpha, display_size, fit_square, open_image
 from pipeline.predictor import ModelInfo, Predictor
-from pipeline.reader import center_square
 from pipeline.tiling import predict_tiled
 
 # Pillow format name -> the file suffix pipeline.writer.encode_image understands (MPO: camera JPEGs)
@@ -86,8 +85,8 @@ def image2image(predictor: Predictor, images: list[np.ndarray], tile: int = 512,
 
 
 def encoder_input(image: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """What an encoder gets for a decoded image: the batch job's resize + centre crop to S×S."""
-    return center_square(image, info.input_size)
+    """What an encoder gets for a decoded image: S×S by the model's own fit (the function its training used)."""
+    return fit_square(image, info.input_size, info.fit)
 
 
 def embed(predictor: Predictor, images: list[np.ndarray]) -> list[np.ndarray | Exception]:

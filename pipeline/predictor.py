@@ -30,6 +30,7 @@ class ModelInfo:
     channels: int = 3
     halo: int = 0
     normalized: bool = False
+    fit: str = "crop"  # encoders: how the S×S input is made (aeflow.imageio.fit_square)
     name: str = ""
     version: str = ""
 
@@ -46,7 +47,8 @@ class ModelInfo:
                                  "(expected image2image, encoder or decoder)")
         return cls(role=role, kind=meta.get("aeflow.kind", ""), scale=num("scale", 1),
                    input_size=num("input_size", 0), channels=num("channels", 3), halo=num("halo", 0),
-                   normalized=meta.get("aeflow.normalized", "0") == "1", name=meta.get("aeflow.name", ""),
+                   normalized=meta.get("aeflow.normalized", "0") == "1", fit=meta.get("aeflow.fit") or "crop",
+                   name=meta.get("aeflow.name", ""),
                    version=meta.get("aeflow.version", ""))
 
 

@@ -81,22 +81,6 @@ def read_decode(path: str, channels: int = 3, min_side: int | None = None) -> tu
     return image, icc
 
 
-def center_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the shorter side is `size` (bicubic), then crop the centre size×size; keeps channels."""
-    from PIL import Image
-
-    h, w, c = image.shape
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    if (nh, nw) != (h, w):
-        im = Image.fromarray(image[..., 0] if c == 1 else image)
-        image = np.asarray(im.resize((nw, nh), Image.BICUBIC))
-        if image.ndim == 2:
-            image = image[..., None]
-    y0, x0 = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(image[y0:y0 + size, x0:x0 + size])
-
-
 @dataclass
 class PlanSettings:
     """What decides, per input, whether it must be (re)done."""

@@ -1,4 +1,4 @@
-"""The adversarial autoencoder: three optimizers that really step, its priors, and a latent that moves toward the prior."""
+"""The adversarial autoencoder: three optimizers that really step, its priors, a latent that moves to the prior."""
 from __future__ import annotations
 
 import math
@@ -133,7 +133,7 @@ def _digits():
 
 
 def _fit(prior: str, adversarial: bool, seed: int, steps: int = 1000) -> tuple[dict, dict]:
-    """prior_match of a tiny aae on held-out digits before and after `steps` batches (all phases, or reconstruction only)."""
+    """prior_match of a tiny aae on held-out digits before and after `steps` batches (all phases, or recon. only)."""
     x, y, xv, yv = _digits()
     torch.manual_seed(seed)
     model = create_model("aae", "tiny", prior=prior, latent_dim=2)

@@ -23,7 +23,7 @@ def tiny_runs(tmp_path_factory):
         Image.fromarray(make_photo(40, 48, seed=i)).save(root / f"{i}.png")
     runs = {}
     for kind in MAIN_METRIC:
-        if kind in ("denoise", "upscale"):
+        if kind in ("denoise", "upscale", "photo-ae"):
             s = TrainSettings(kind=kind, data=str(root), epochs=1, steps_per_epoch=2, batch_size=4,
                               patch_size=16, size="tiny", val_fraction=0.25)
         else:
@@ -45,6 +45,9 @@ def test_metrics_have_the_main_metric_and_are_finite(tiny_runs, kind):
         assert m["noisy_psnr_15"] > m["noisy_psnr_25"] > m["noisy_psnr_50"]  # more noise, lower PSNR
     elif kind == "upscale":
         assert m["psnr_gain"] == pytest.approx(m["psnr_y"] - m["bicubic_psnr_y"])
+    elif kind == "photo-ae":  # 2 validation photos, 6 edited copies of each searched among them
+        assert m["copy_originals"] == 2 and m["copy_queries"] == 12 and m["recon_mse"] > 0
+        assert 0 <= m["copy_recall_at_1"] <= 1 and m["copy_recall_at_5"] == 1.0  # fewer than 5 originals
     elif kind == "ae":
         assert 0 <= m["knn_acc"] <= 1 and 0 <= m["pca_knn_acc"] <= 1 and m["pca_dim"] == 4
         assert m["recon_mse"] > 0
@@ -78,6 +81,7 @@ def test_y_channel_and_promotion_rule():
     ("denoise", {"reconstructions.png", "training_curves.png"}),
     ("vae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
     ("aae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
+    ("photo-ae", {"reconstructions.png", "training_curves.png"}),
 ])
 def test_pictures_are_pngs(tiny_runs, tmp_path, kind, expected):
     files = make_pictures(tiny_runs[kind], tmp_path)

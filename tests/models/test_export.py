@@ -74,7 +74,7 @@ def test_export_contract_and_parity(kind, cfg, tmp_path):
         return
 
     S, C, D = cfg_.input_size, cfg_.channels, cfg_.latent_dim
-    normalized = kind == "ae"
+    normalized = kind in ("ae", "photo-ae")
     assert meta["aeflow.role"] == "encoder" and meta["aeflow.input_size"] == str(S)
     assert meta["aeflow.channels"] == str(C) and meta["aeflow.latent_dim"] == str(D)
     assert meta["aeflow.normalized"] == ("1" if normalized else "0")
@@ -90,6 +90,9 @@ def test_export_contract_and_parity(kind, cfg, tmp_path):
             np.testing.assert_allclose(want, z[0])
         elif kind == "aae":  # the aae's is its code, unnormalised (the prior gives it a scale)
             np.testing.assert_allclose(want, z)
+        elif kind == "photo-ae":  # already unit length, and squashed (not cropped) to S×S by the pipeline
+            np.testing.assert_allclose(want, z, atol=1e-6)
+            assert meta["aeflow.fit"] == "squash"
     assert emb.shape == (5, D) and emb.dtype == np.float32
     np.testing.assert_allclose(emb, want, atol=1e-5)
     if normalized:

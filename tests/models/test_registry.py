@@ -8,7 +8,7 @@ import torch
 
 from models.registry import config_class, create_model, list_models, model_sizes, register_model
 
-KINDS = ["aae", "ae", "conv-vae", "denoise", "upscale", "vae"]
+KINDS = ["aae", "ae", "conv-vae", "denoise", "photo-ae", "upscale", "vae"]
 
 
 def _input(model, n=2, h=20, w=28):
@@ -36,7 +36,7 @@ def test_forward_shapes(kind):
         if kind in ("denoise", "upscale"):
             s = getattr(cfg, "scale", 1)
             assert out.shape == (2, cfg.channels, 20 * s, 28 * s) and out.dtype == torch.float32
-        elif kind in ("ae", "aae"):
+        elif kind in ("ae", "aae", "photo-ae"):
             x_hat, z = out
             assert z.shape == (2, cfg.latent_dim) and x_hat.shape == x.shape
             assert torch.equal(model.encode(x), z) and model.decode(z).shape == x.shape

@@ -4,9 +4,11 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pytest
 from pipeline_models import photo, save
 
-from pipeline.reader import PlanSettings, Task, center_square, iter_inputs, plan, read_decode
+from aeflow.imageio import fit_square
+from pipeline.reader import PlanSettings, Task, iter_inputs, plan, read_decode
 
 
 def test_listing_is_a_stream_and_excludes_out_dir(tmp_path):
@@ -49,13 +51,17 @@ def test_plan_skips_done_redoes_changed_and_flags_collisions(tmp_path):
 
 def test_center_square_and_decode(tmp_path):
     img = photo(30, 60)
-    sq = center_square(img, 8)
+    sq = fit_square(img, 8)
     assert sq.shape == (8, 8, 3) and sq.dtype == np.uint8
-    assert center_square(photo(8, 8), 8).shape == (8, 8, 3)
+    assert fit_square(photo(8, 8), 8).shape == (8, 8, 3)
     p = save(tmp_path / "g.png", img[..., 0])
     a, icc = read_decode(str(p), 1)
     assert a.shape == (30, 60, 1) and icc is None
-    assert center_square(a, 8).shape == (8, 8, 1)
+    assert fit_square(a, 8).shape == (8, 8, 1)
+    squashed = fit_square(img, 8, "squash")  # the whole 30x60 image in 8x8: both halves are kept
+    assert squashed.shape == (8, 8, 3) and not np.array_equal(squashed, sq)
+    with pytest.raises(ValueError, match="fit"):
+        fit_square(img, 8, "stretch")
 
 
 def test_encoder_read_drafts_large_jpegs_close_to_the_full_decode(tmp_path):
@@ -66,7 +72,7 @@ def test_encoder_read_drafts_large_jpegs_close_to_the_full_decode(tmp_path):
     small, _, _, small_size = read_input(str(p), 3, min_side=28)  # an encoder with S = 28
     assert full.shape == (1024, 1024, 3) and size == small_size == (1024, 1024)  # the file's size, not the decode's
     assert 56 <= min(small.shape[:2]) < 1024
-    diff = np.abs(center_square(full, 28).astype(np.int16) - center_square(small, 28))
+    diff = np.abs(fit_square(full, 28).astype(np.int16) - fit_square(small, 28))
     assert diff.mean() < 3
     png = save(tmp_path / "big.png", photo(256, 256, 3))
     assert np.array_equal(read_input(str(png), 3, min_side=28)[0], read_input(str(png), 3)[0])
