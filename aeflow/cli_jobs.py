@@ -67,6 +67,22 @@ def add_commands(sub) -> None:
     p.add_argument("--store", type=Path, default=None)
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser("dedup", help="groups of near-duplicate and identical images in an embed job's output",
+                       description="Joins each embedded image to its --k nearest neighbours in OUT_DIR's index "
+                                   "whose cosine similarity reaches --threshold, and files with the same content "
+                                   "hash, into groups; writes OUT_DIR/dedup/groups.parquet, groups.csv and "
+                                   "index.html (a page to review them). Run `aeflow index OUT_DIR` first.")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity that makes a pair near duplicates (default: the model card's "
+                        "calibrated value, else 0.9)")
+    p.add_argument("--k", type=_positive, default=10, help="neighbours looked at per image (default 10)")
+    p.add_argument("--in-dir", type=Path, default=None,
+                   help="the embedded folder, for content hashes and thumbnails (default: the embed job's)")
+    p.add_argument("--store", type=Path, default=None, help="model store holding the embed job's model")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_cmd_dedup)
+
 
 def _positive(s: str) -> int:
     v = int(s)
@@ -123,4 +139,20 @@ def _cmd_search(args) -> int:
     else:
         for r in results:
             print(f"{r['rank']:>3}  {r['score']:+.4f}  {r['path']}")
+    return 0
+
+
+def _cmd_dedup(args) -> int:
+    from pipeline import dedup
+
+    try:
+        s = dedup.find_groups(args.out_dir, threshold=args.threshold, k=args.k, in_dir=args.in_dir,
+                              progress=args.progress, store=args.store)
+    except dedup.EmbeddingsError as exc:
+        raise UsageError(str(exc)) from None
+    mb = s["bytes_freeable"] / 1e6
+    print(f"dedup: {s['groups']} groups hold {s['images_in_groups']} of {s['images']} images "
+          f"({s['exact_duplicates']} exact copies); {mb:.1f} MB could be freed keeping one per group; "
+          f"threshold {s['threshold']:.3f}, k {s['k']}")
+    print(f"review: {s.get('page')}  (groups.csv and groups.parquet beside it)")
     return 0

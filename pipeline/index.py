@@ -370,6 +370,16 @@ def _open_committed(out: Path):
     raise AssertionError("unreachable")
 
 
+def open_index(out_dir):
+    """(meta, faiss index, ids table) of OUT_DIR's committed index, for callers that query it in bulk (dedup)."""
+    return _open_committed(Path(out_dir))
+
+
+def query_vectors(x: np.ndarray, metric: str) -> np.ndarray:
+    """Query vectors prepared for an index of `metric` as build_index prepared the stored ones."""
+    return _prepare(x, metric)
+
+
 def search(out_dir, *, image: Path | None = None, path: str | None = None, k: int = 10, model: str | None = None,
            store: Path | None = None) -> list[dict]:
     """The k nearest indexed images to a stored path or a new image file: [{rank, path, score}], best first.

@@ -36,6 +36,11 @@ def test_embed_index_search(store, images, tmp_path, capsys):
     assert len(res) == 2 and res[0]["path"] == "a.jpg"
     assert main(["search", str(out), "--image", str(images / "b.png"), "--store", str(store)]) == 0
     assert "b.png" in capsys.readouterr().out.splitlines()[0]
+    # and the groups of near copies in the same output: every embedded image is in the table or alone
+    assert main(["dedup", str(out), "--threshold", "0.99", "--no-progress", "--store", str(store)]) == 0
+    said = capsys.readouterr().out
+    assert "groups hold" in said and (out / "dedup" / "index.html").is_file()
+    assert json.loads((out / "dedup" / "summary.json").read_text())["threshold"] == 0.99
 
 
 def test_default_batch_size_per_job():
