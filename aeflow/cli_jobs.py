@@ -7,15 +7,13 @@ import sys
 from pathlib import Path
 
 from aeflow.cli import UsageError
-from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, PRECISIONS, RUNNERS
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 
 _JOB_HELP = {
     "denoise": "denoise every image under IN_DIR into OUT_DIR (same tree)",
     "upscale": "upscale every image under IN_DIR into OUT_DIR (same tree)",
     "embed": "embed every image under IN_DIR into OUT_DIR/embeddings/*.parquet",
 }
-# Kept in step with pipeline.runner.DEFAULT_MODELS (not imported: --help must stay light)
-_DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
 
 
 def add_commands(sub) -> None:
@@ -25,7 +23,7 @@ def add_commands(sub) -> None:
                            "the same model and unchanged are skipped. Exit 0: all ok, 3: some files failed, 2: usage.")
         p.add_argument("in_dir", metavar="IN_DIR", type=Path)
         p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
-        p.add_argument("--model", default=_DEFAULT_MODELS[job],
+        p.add_argument("--model", default=DEFAULT_MODELS[job],
                        help="store spec NAME, NAME:VERSION, NAME:ALIAS or a path (default %(default)s)")
         p.add_argument("--store", type=Path, default=None,
                        help="model store folder (default $AEFLOW_HOME or ./aeflow-store)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# job -> (model kind, config overrides); the store names are pipeline.runner.DEFAULT_MODELS
+# job -> (model kind, config overrides); the store names are pipeline.defaults.DEFAULT_MODELS
 JOB_KINDS = {"denoise": ("denoise", {}), "upscale": ("upscale", {"scale": 2}), "embed": ("ae", {})}
 
 
@@ -38,7 +38,7 @@ def untrained_models(jobs: list[str], store_root: Path, seed: int = 0) -> dict[s
     from aeflow.store import ModelStore
     from models.export import export_onnx
     from models.registry import create_model
-    from pipeline.runner import DEFAULT_MODELS
+    from pipeline.defaults import DEFAULT_MODELS
 
     store = ModelStore(store_root, include_shipped=False)
     out = {}
@@ -65,7 +65,7 @@ def stored_models(jobs: list[str], store_root: Path) -> dict[str, BenchModel]:
     from aeflow.store import INT8_FILE, ModelStore
     from models.checkpoint import load_model
     from models.quantize import model_from_onnx
-    from pipeline.runner import DEFAULT_MODELS
+    from pipeline.defaults import DEFAULT_MODELS
 
     store = ModelStore(store_root)
     out = {}

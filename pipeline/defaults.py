@@ -1,5 +1,8 @@
 """Per-job defaults shared by `aeflow <job>`, pipeline.runner.JobConfig and the Prefect flows (imports nothing)."""
 
+# The model each job runs when --model is not given (the CLI, the API, the flows and the runner read this one).
+DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
+
 # Inputs per batch (one worker call; for encoders also one model call). An encoder's input is a tiny S×S crop,
 # so at 8 the per-batch overhead (Ray round trip, manifest write, driver bookkeeping) outweighs the work;
 # image2image batches hold whole images and their activations, so they stay small.

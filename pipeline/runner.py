@@ -21,7 +21,6 @@ from pipeline.writer import FULL_DISK, OUTPUT_FORMATS, OutputSpaceError
 log = logging.getLogger(__name__)
 
 JOB_ROLES = {"denoise": "image2image", "upscale": "image2image", "embed": "encoder"}
-DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
 EMBED_FLUSH_ROWS = 1024  # vectors buffered on the driver before they become one durable part
 EMBED_FLUSH_S = 30.0
 FAILURES_SAMPLE = 10

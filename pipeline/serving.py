@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 from aeflow.cli import UsageError
+from pipeline.defaults import DEFAULT_MODELS
 from pipeline.serving_http import Limits
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "aeflow"
-DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
 INGRESS_CPUS = 0.05  # the ingress is mostly waiting; it must never hold a core the models need
 INGRESS_MAX_ONGOING = 512
 
