@@ -5,7 +5,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.report import artifact_key, job_markdown, search_markdown
+from flows.report import artifact_key, dedup_markdown, job_markdown, search_markdown
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER
 
 # Usage and configuration errors are not transient: retrying them only delays the message.
@@ -66,6 +66,14 @@ def search_task(out_dir: str, query: str, k: int, store: str | None) -> list[dic
     return search(out_dir, path=query, k=k, store=Path(store) if store else None)
 
 
+@task(cache_policy=NO_CACHE)
+def dedup_task(out_dir: str, threshold: float | None, k: int, store: str | None) -> dict:
+    """Groups of near-duplicate and identical images in an embed output (writes OUT_DIR/dedup/, with its page)."""
+    from pipeline.dedup import find_groups
+
+    return find_groups(out_dir, threshold=threshold, k=k, store=store, progress=False)
+
+
 def _batch(job: str, in_dir: str, out_dir: str, model: str, store: str | None, device: str,
            address: str | None, batch_size: int, workers: int | None, format: str, overwrite: bool,
            runner: str, tile: int) -> dict:
@@ -100,8 +108,9 @@ def upscale_flow(in_dir: str, out_dir: str, model: str = "upscale-x2", store: st
 def embed_flow(in_dir: str, out_dir: str, model: str = "ae", store: str | None = None, device: str = "auto",
                address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["embed"], workers: int | None = None,
                overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True, rebuild_index: bool = False,
-               query: str | None = None, k: int = 5) -> dict:
-    """Embed every image under in_dir, build the index and optionally search it with a query image."""
+               query: str | None = None, k: int = 5, dedup: bool = False,
+               dedup_threshold: float | None = None) -> dict:
+    """Embed every image under in_dir, build the index, optionally search it and group duplicates (dedup)."""
     summary = _batch("embed", in_dir, out_dir, model, store, device, address, batch_size, workers, "same",
                      overwrite, runner, 512)
     result = {"job": summary}
@@ -111,4 +120,11 @@ def embed_flow(in_dir: str, out_dir: str, model: str = "ae", store: str | None =
         hits = search_task(out_dir, query, k, store)
         create_markdown_artifact(search_markdown(query, hits), key="embed-search", description="search")
         result["hits"] = hits
+    if dedup:
+        if not index:
+            raise ValueError("dedup needs the index: run embed_flow with index=True")
+        groups = dedup_task(out_dir, dedup_threshold, 10, store)
+        create_markdown_artifact(dedup_markdown(out_dir, groups), key=f"dedup-{artifact_key(out_dir)[-40:]}",
+                                 description="duplicate groups")
+        result["dedup"] = groups
     return result

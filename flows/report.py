@@ -63,6 +63,20 @@ def search_markdown(query: str, hits: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def dedup_markdown(out_dir: str, summary: dict) -> str:
+    """Duplicate groups found in an embed output, with a link to the review page."""
+    from pathlib import Path
+
+    page = summary.get("page")
+    lines = [f"# duplicates in {out_dir}", "",
+             f"{summary['groups']} groups hold {summary['images_in_groups']} of {summary['images']} images "
+             f"({summary['exact_duplicates']} exact copies); {summary['bytes_freeable'] / 1e6:.1f} MB could be freed "
+             f"keeping one image per group (threshold {summary['threshold']:.3f}, k {summary['k']}).", ""]
+    if page:
+        lines.append(f"Review them side by side: [{page}]({Path(page).resolve().as_uri()})")
+    return "\n".join(lines)
+
+
 def job_counts(summary: dict) -> dict:
     """ok / failed / skipped of a job summary (flat or under "counts")."""
     src = summary.get("counts") if isinstance(summary.get("counts"), dict) else summary

@@ -30,3 +30,29 @@ def test_usage_errors_of_the_pipeline_are_not_retried():
 
     assert _is_transient(None, None, _FailedState(JobConfigError("unknown job"))) is False
     assert _is_transient(None, None, _FailedState(StoreError("no model named x"))) is False
+
+
+def test_embed_flow_groups_duplicates_and_links_the_page(prefect_api, flow_run_artifacts, tmp_path):
+    """embed → index → dedup in one flow run; its markdown artifact links OUT_DIR/dedup/index.html."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from flows.batch import embed_flow
+    from models.data import resolve_data
+
+    src = tmp_path / "in"
+    src.mkdir()
+    digits = resolve_data("builtin:digits", "ae", input_size=28, channels=1, limit=40).x_train[:8]
+    for i, a in enumerate(digits):
+        Image.fromarray(np.rint(a[0] * 255).astype(np.uint8)).save(src / f"{i}.png")
+    shutil.copyfile(src / "0.png", src / "0-copy.png")
+    state = embed_flow(str(src), str(tmp_path / "out"), model="ae", store=str(tmp_path / "empty-store"),
+                       runner="local", dedup=True, return_state=True)
+    result = state.result()
+    groups = result["dedup"]
+    assert groups["images"] == 9 and groups["exact_duplicates"] >= 1
+    assert (tmp_path / "out" / "dedup" / "index.html").is_file()
+    md = "\n".join(a["data"] for a in flow_run_artifacts(state.state_details.flow_run_id) if a["type"] == "markdown")
+    assert "# duplicates in" in md and "dedup/index.html" in md
