@@ -30,6 +30,10 @@ RECIPES: dict[str, dict] = {
     # the prior matched (MMD at its two-sample floor on the held-out digits, docs/quality.md)
     "aae": dict(kind="aae", data="builtin:mnist", latent_dim=2, prior="mixture", epochs=100, batch_size=64,
                 lr=1e-3, lr_schedule="cosine", patience=100),
+    # the photo embedding model: edited views of the Debian photos (python -m models.photos fetch PHOTOS);
+    # "photos:train" stands for PHOTOS/train (--photos)
+    "photo-ae": dict(kind="photo-ae", data="photos:train", epochs=25, steps_per_epoch=100, batch_size=32, lr=1e-3,
+                     lr_schedule="cosine", patience=25),
     # one blind model for sigma 5..55; dead-leaves images add edges at every scale to the few real photos
     # dilation 4 (IRCNN): a 41x41 receptive field at the cost of the plain 8-layer stack
     "denoise": dict(kind="denoise", data="builtin:photos", synthetic=48, dilation=4, epochs=40,
@@ -70,7 +74,19 @@ def copy_shipped(src: Path, dest: Path) -> Path:
     return target
 
 
-def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = SHIPPED_ROOT) -> list[Path]:
+def resolve_recipe(recipe: dict, photos: str | None) -> dict:
+    """The train_flow call of a recipe: "photos:SPLIT" becomes PHOTOS/SPLIT (the folder models.photos fetched)."""
+    data = recipe.get("data", "")
+    if not data.startswith("photos:"):
+        return dict(recipe)
+    if not photos:
+        raise SystemExit("this recipe trains on the Debian photos: run `python -m models.photos fetch DIR`, then "
+                         "pass --photos DIR")
+    return {**recipe, "data": str(Path(photos) / data.split(":", 1)[1])}
+
+
+def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = SHIPPED_ROOT,
+         photos: str | None = None) -> list[Path]:
     """Train each named recipe with train_flow into `store`, then copy it to dest_root/NAME/1 with the recipe on its card."""
     import json
 
@@ -80,7 +96,7 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
     for name in names:
         recipe = RECIPES[name]
         t0 = time.time()
-        result = train_flow(**recipe, name=name, store=store, device=device, promote=False)
+        result = train_flow(**resolve_recipe(recipe, photos), name=name, store=store, device=device, promote=False)
         ref = ModelStore(store, include_shipped=False).resolve(result["model"])
         target = copy_shipped(ref.path, dest_root / name)
         card = json.loads((target / CARD).read_text())
@@ -106,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"recipes to train (default: all of {', '.join(RECIPES)})")
     ap.add_argument("--store", default="ship-store", help="store the training flow registers into")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--photos", default=None, help="the folder `python -m models.photos fetch` filled")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
-    ship(args.names or list(RECIPES), args.store, args.device)
+    ship(args.names or list(RECIPES), args.store, args.device, photos=args.photos)
     return 0
 
 

@@ -39,3 +39,13 @@ def test_ship_cli_rejects_unknown_recipe(capsys):
     with pytest.raises(SystemExit) as exc:
         ship_mod.main(["denoize"])
     assert exc.value.code == 2 and "unknown recipe" in capsys.readouterr().err
+
+
+def test_photo_recipes_train_on_the_fetched_folder():
+    import pytest
+
+    r = ship_mod.resolve_recipe(ship_mod.RECIPES["photo-ae"], "/data/photos")
+    assert r["data"] == "/data/photos/train" and r["kind"] == "photo-ae"
+    assert ship_mod.resolve_recipe(ship_mod.RECIPES["ae"], None) == ship_mod.RECIPES["ae"]
+    with pytest.raises(SystemExit, match="models.photos fetch"):
+        ship_mod.resolve_recipe(ship_mod.RECIPES["photo-ae"], None)
