@@ -9,12 +9,14 @@ from typing import Iterator
 
 import numpy as np
 
+from aeflow.errors import UsageError
+
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 # Refuse images above this many pixels before decoding them (decompression bombs). 12000x9000 fits.
 DEFAULT_MAX_PIXELS = 200_000_000
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UsageError, ValueError):
     """Raised when bytes are not a decodable image, or one we refuse to decode."""
 
 
@@ -48,7 +50,7 @@ def iter_image_entries(root: str | os.PathLike) -> Iterator[tuple[Path, str | No
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            warnings.warn(f"cannot list {d}: {exc}")
+            warnings.warn(f"cannot list {d}: {exc}", stacklevel=2)
             continue
         subdirs = []
         for e in entries:
@@ -155,7 +157,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise ImageDecodeError(f"image too large, refused before decoding (decompression bomb?): {exc}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not a decodable image: no known image format (starts with {data[:8]!r})") from None
-    except Exception as exc:  # Pillow raises many types on garbage
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on garbage
         raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from None
     w, h = im.size
     if w * h > max_pixels:
@@ -236,7 +238,7 @@ def _decode_opened(im, min_side: int | None, channels: int) -> np.ndarray:
             return _to_uint8_array(im)
     except ImageDecodeError:
         raise
-    except Exception as exc:  # truncated data, bad EXIF, unsupported codec...
+    except Exception as exc:  # noqa: BLE001 - truncated data, bad EXIF, unsupported codec...
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
 
 

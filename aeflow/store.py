@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aeflow.errors import UsageError
+
 CARD = "card.json"
 ALIASES = "aliases.json"
 MODEL_FILE = "model.onnx"
@@ -25,7 +27,7 @@ _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 
 
-class StoreError(Exception):
+class StoreError(UsageError):
     """A model spec that cannot be resolved, or a store that cannot be written."""
 
 
@@ -149,7 +151,7 @@ class ModelStore:
         return ModelRef(name=name, version=int(version), path=d / str(version), card=card)
 
     def resolve(self, spec: str) -> ModelRef:
-        """NAME (production if set, else latest), NAME:VERSION, NAME:ALIAS, or a path to a version folder / model.onnx."""
+        """NAME (production if set, else latest), NAME:VERSION, NAME:ALIAS, or a path to a version folder/model.onnx."""
         p = Path(spec)
         if p.exists() and (p.is_file() or (p / CARD).is_file()):
             vdir = p.parent if p.is_file() else p

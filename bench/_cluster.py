@@ -113,7 +113,8 @@ def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None
         r = subprocess.run([sys.executable, "-c", wait], env=env, capture_output=True, text=True,
                            timeout=NODE_START_TIMEOUT_S + 60)
         if not r.stdout.strip().endswith(str(nodes)):
-            raise RuntimeError(f"only {r.stdout.strip() or '?'} of {nodes} Ray nodes came up; see {log_dir}/ray-node*.log")
+            raise RuntimeError(f"only {r.stdout.strip() or '?'} of {nodes} Ray nodes came up; "
+                               f"see {log_dir}/ray-node*.log")
         yield address, env
     finally:
         for p in procs:

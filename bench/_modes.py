@@ -42,7 +42,8 @@ class Stages:
 
 
 def _result(mode: str, n_ok: int, wall: float, stages: Stages | None, **extra) -> dict:
-    out = {"mode": mode, "images": n_ok, "wall_s": round(wall, 3), "images_per_s": round(n_ok / wall, 3) if wall else 0.0}
+    out = {"mode": mode, "images": n_ok, "wall_s": round(wall, 3),
+           "images_per_s": round(n_ok / wall, 3) if wall else 0.0}
     if stages is not None:
         st = {k: round(v, 4) for k, v in stages.s.items()}
         st["other"] = round(max(0.0, wall - sum(stages.s.values())), 4)

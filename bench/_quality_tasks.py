@@ -192,7 +192,7 @@ def upscale(photos: list[tuple[str, np.ndarray]], models: dict[int, dict], store
         _write_inputs(in_dir, lr)
         mp = sum(a.shape[0] * a.shape[1] for a in hr.values()) / 1e6  # output megapixels
 
-        def score(n, img):
+        def score(n, img, hr=hr, s=s):
             return {"psnr_y": qm.psnr_y(hr[n], img, s), "ssim_y": qm.ssim_y(hr[n], img, s)}
 
         methods, outs = {}, {}

@@ -34,7 +34,7 @@ def markdown(r: dict) -> str:
     rows = []
     for row in r["results"]:
         md = row["modes"]
-        g = lambda k, f="images_per_s": md.get(k, {}).get(f)  # noqa: E731
+        g = lambda k, f="images_per_s", md=md: md.get(k, {}).get(f)  # noqa: E731
         rows.append([row["job"], f"{row['size']}²", row["n"], g("naive"), g("floor"), g("aeflow-local"),
                      g("aeflow"), g("aeflow", "process_images_per_s"), g("aeflow", "steady_images_per_s"),
                      _mark(row.get("c_over_a"), (row.get("c_over_a") or 0) >= t["c_over_a_min"]),
@@ -68,16 +68,17 @@ def markdown(r: dict) -> str:
         if c:
             busy = c["manifest_seconds_sum"] / ((c["workers"] or 1) * c["wall_s"]) if c["wall_s"] else None
             rows.append([row["job"], f"{row['size']}²", c.get("runner_used"), c.get("driver_rows"), c["workers"],
-                         c["threads_per_worker"], c["wall_s"],
-                         c["process_wall_s"], c["first_task_s"], 1000.0 * c["manifest_seconds_sum"] / max(1, c["images"]),
+                         c["threads_per_worker"], c["wall_s"], c["process_wall_s"], c["first_task_s"],
+                         1000.0 * c["manifest_seconds_sum"] / max(1, c["images"]),
                          _f(busy, 2), c["peak_rss_mib"], c["peak_processes"]])
-    lines += _table(["job", "size", "engine (auto)", "rows in the driver", "workers", "threads each", "job wall s", "process wall s",
-                     "first batch starts s", "manifest ms/img", "busy", "peak RSS MiB", "processes"], rows)
+    lines += _table(["job", "size", "engine (auto)", "rows in the driver", "workers", "threads each", "job wall s",
+                     "process wall s", "first batch starts s", "manifest ms/img", "busy", "peak RSS MiB",
+                     "processes"], rows)
 
     mem = r.get("memory")
     if mem:
-        lines += ["", f"Memory of the aeflow CLI's process tree, `{mem['job']}` on {mem['size']}² images ({mem['how']}):",
-                  ""]
+        lines += ["", f"Memory of the aeflow CLI's process tree, `{mem['job']}` on {mem['size']}² images "
+                      f"({mem['how']}):", ""]
         rows = [[key.upper(), mem[key]["images"], mem[key]["peak_rss_mib"], mem[key]["peak_anon_mib"],
                  mem[key]["peak_processes"], mem[key]["images_per_s"]] for key in ("n", "10n")]
         lines += _table(["run", "files", "peak RSS MiB", "peak anon MiB", "processes", "img/s"], rows)
@@ -88,7 +89,8 @@ def markdown(r: dict) -> str:
     if r.get("model_only"):
         lines += ["", "Model only (in-memory uint8 batch, no files), images/s:", ""]
         keys = sorted({k for x in r["model_only"] for k in x if k.startswith(("ort_", "torch_"))})
-        rows = [[x["job"], f"{x['size']}²", x["batch"], x["device"], *[x.get(k) for k in keys]] for x in r["model_only"]]
+        rows = [[x["job"], f"{x['size']}²", x["batch"], x["device"], *[x.get(k) for k in keys]]
+                for x in r["model_only"]]
         lines += _table(["job", "size", "batch", "device", *keys], rows)
 
     sc = r.get("scaling")

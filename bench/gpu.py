@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._photos import make_photos  # noqa: E402
 from bench._proc import machine  # noqa: E402
+from pipeline.defaults import DEFAULT_MODELS as MODELS  # noqa: E402
 
 JOBS = ("denoise", "upscale", "embed")
-MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
 TARGETS = {"denoise_e2e_over_model_only": 0.75, "fp16_over_fp32": 1.5, "embed_over_decode_floor": 0.8}
 
 

@@ -1,4 +1,4 @@
-"""int8 vs fp32 ORT vs torch eager, shipped denoise/upscale-x2: `.venv/bin/python -m bench.int8 --photos /tmp/heldout`."""
+"""int8 vs fp32 ORT vs torch eager, shipped denoise/upscale-x2: `python -m bench.int8 --photos /tmp/heldout`."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_dynamic, quantize_static)
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 if __package__ in (None, ""):  # run as a script: make the checkout's packages importable
@@ -26,7 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the checkout's packages i
 from bench._quality_data import load_photos  # noqa: E402
 from bench._quality_metrics import psnr, psnr_y  # noqa: E402
 from models.data import bicubic_down  # noqa: E402
-from models.quantize import _bias_correct, _reader, crops as quantize_crops, model_from_onnx  # noqa: E402
+from models.quantize import _bias_correct, _reader, model_from_onnx  # noqa: E402
+from models.quantize import crops as quantize_crops
 
 SHIPPED = Path(__file__).resolve().parent.parent / "aeflow" / "shipped"
 SIGMAS = (15, 25, 50)
@@ -39,8 +39,10 @@ VARIANTS = {
     "denoise": {  # the last Conv predicts the noise that is subtracted from the input (residual learning)
         "int8-default": {}, "int8-conv-relu": CR, "int8-keep-last": dict(CR, keep=(-1,)),
         "int8-keep-last-entropy": dict(CR, keep=(-1,), calib="Entropy"),
-        "int8-keep-last-pct": dict(CR, keep=(-1,), calib="Percentile"), "int8-keep-last-bc": dict(CR, keep=(-1,), bc=True),
-        "int8-keep-last-pct-bc": dict(PCT, keep=(-1,)), "int8-keep-last-pct-bc-s8act": dict(PCT, keep=(-1,), act="QInt8"),
+        "int8-keep-last-pct": dict(CR, keep=(-1,), calib="Percentile"),
+        "int8-keep-last-bc": dict(CR, keep=(-1,), bc=True),
+        "int8-keep-last-pct-bc": dict(PCT, keep=(-1,)),
+        "int8-keep-last-pct-bc-s8act": dict(PCT, keep=(-1,), act="QInt8"),
         "int8-pct-bc": PCT, "dynamic-s8": dict(fmt="dynamic"), "dynamic-u8": dict(fmt="dynamic", weight="QUInt8")},
     "upscale-x2": {  # Conv 0 is the fixed bicubic depthwise conv (the skip path), the last feeds DepthToSpace
         "int8-default": {}, "int8-conv-relu": CR, "int8-keep-bicubic": dict(CR, keep=(0,)),
@@ -48,7 +50,8 @@ VARIANTS = {
         "dynamic-s8": dict(fmt="dynamic")},
 }
 BEST = {"denoise": "int8-keep-last-pct-bc", "upscale-x2": "int8-keep-bicubic-pct-bc"}
-TIMED = {"denoise": ["int8-default", "int8-pct-bc", "int8-keep-last-pct-bc", "int8-keep-last-pct-bc-s8act", "dynamic-s8"],
+TIMED = {"denoise": ["int8-default", "int8-pct-bc", "int8-keep-last-pct-bc", "int8-keep-last-pct-bc-s8act",
+                     "dynamic-s8"],
          "upscale-x2": ["int8-default", "int8-keep-bicubic-pct-bc", "int8-keep-bicubic-last", "dynamic-s8"]}
 
 
@@ -208,7 +211,8 @@ def bench_model(job: str, photos: Path, work: Path, repeats: int) -> dict:
     src = SHIPPED / job / "1" / "model.onnx"
     model = torch_model(job, src)
     res, paths = quality(job, src, model, photos, work)
-    x8 = (test_set(job, photos)["sigma25"][0] if job == "denoise" else np.stack([a for _, a in load_photos(photos)]))[:8]
+    x8 = (test_set(job, photos)["sigma25"][0] if job == "denoise"
+          else np.stack([a for _, a in load_photos(photos)]))[:8]
     return {"source": str(src.relative_to(SHIPPED.parent.parent)), "best": BEST[job],
             "quant_pre_process": pre_process_check(src, x8[:2], work),
             "speed_input": f"uint8 NHWC {x8.shape[1]}x{x8.shape[2]}" + (" noisy sigma 25" if job == "denoise" else ""),
@@ -231,7 +235,8 @@ def main(argv=None) -> dict:
     res = {"command": " ".join([".venv/bin/python", "-m", "bench.int8", *(argv or sys.argv[1:])]),
            "machine": {"nproc": os.cpu_count(), "cpu": cpu, "avx512_vnni": "avx512_vnni" in info,
                        "loadavg_start": loadavg()},
-           "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version()},
+           "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
+                        "python": platform.python_version()},
            "target": f"int8 >= {MIN_SPEEDUP}x fp32 ORT (threads 2, batch 8) with every PSNR loss < {MAX_LOSS_DB} dB",
            "timing": f"best of {a.repeats} interleaved rounds, ms per image; keys t<intra_op threads>_b<batch>",
            "models": {}}

@@ -44,7 +44,8 @@ class BenchConfig:
     shipped: bool = False  # the shipped models (an empty store resolves to them)
     device: str = "cpu"
     naive_batch: int = 16
-    floor_batch: int | None = None  # None: the job's default --batch-size (pipeline.defaults), so (b) and (c) batch alike
+    # None: the job's default --batch-size (pipeline.defaults), so (b) and (c) batch alike
+    floor_batch: int | None = None
     rss_n: int | None = None  # files of the N run of the memory check (default: n)
     rss_size: int = 64  # the memory check's image size (small: 10N files must stay quick)
     rss_factor: int = 10
@@ -280,7 +281,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     a = p.parse_args(argv)
     cfg = BenchConfig(n=a.n, sizes=a.sizes, jobs=a.jobs, modes=a.modes, work=a.work, store=a.store, device=a.device,
                       naive_batch=a.naive_batch, floor_batch=a.floor_batch, rss_n=a.rss_n, rss_size=a.rss_size,
-                      rss_factor=a.rss_factor, memory=a.memory, model_only=a.model_only, model_only_batch=a.model_only_batch,
+                      rss_factor=a.rss_factor, memory=a.memory, model_only=a.model_only,
+                      model_only_batch=a.model_only_batch,
                       scaling=a.scaling, scaling_n=a.scaling_n, scaling_rounds=a.scaling_rounds,
                       scaling_pin=a.scaling_pin, out=a.out, keep_outputs=a.keep_outputs,
                       shipped=a.shipped)

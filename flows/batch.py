@@ -5,12 +5,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from aeflow.errors import UsageError
 from flows.report import artifact_key, dedup_markdown, job_markdown, search_markdown
-from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER
 
-# Usage and configuration errors are not transient: retrying them only delays the message.
-_PERMANENT = ("UsageError", "StoreError", "ModelIntegrityError", "FileNotFoundError", "NotADirectoryError",
-              "EmbeddingsError", "ValueError", "TypeError")
+# Usage and configuration errors (the store's, the data's, the embeddings' included) and bad arguments are not
+# transient: retrying them only delays the message.
+_PERMANENT = (UsageError, FileNotFoundError, NotADirectoryError, ValueError, TypeError)
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -18,7 +19,7 @@ def _is_transient(task, task_run, state) -> bool:
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001 - classifying, not handling
-        return not any(cls.__name__ in _PERMANENT for cls in type(exc).__mro__)
+        return not isinstance(exc, _PERMANENT)
     return True
 
 
@@ -85,30 +86,30 @@ def _batch(job: str, in_dir: str, out_dir: str, model: str, store: str | None, d
 
 
 @flow(name="denoise", flow_run_name="denoise-{model}", log_prints=True)
-def denoise_flow(in_dir: str, out_dir: str, model: str = "denoise", store: str | None = None, device: str = "auto",
-                 address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["denoise"],
-                 workers: int | None = None, format: str = "same", overwrite: bool = False, runner: str = DEFAULT_RUNNER,
-                 tile: int = 512) -> dict:
+def denoise_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["denoise"], store: str | None = None,
+                 device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["denoise"],
+                 workers: int | None = None, format: str = "same", overwrite: bool = False,
+                 runner: str = DEFAULT_RUNNER, tile: int = 512) -> dict:
     """Denoise every image under in_dir into out_dir (incremental)."""
     return _batch("denoise", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
                   overwrite, runner, tile)
 
 
 @flow(name="upscale", flow_run_name="upscale-{model}", log_prints=True)
-def upscale_flow(in_dir: str, out_dir: str, model: str = "upscale-x2", store: str | None = None,
+def upscale_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["upscale"], store: str | None = None,
                  device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["upscale"],
-                 workers: int | None = None, format: str = "same", overwrite: bool = False, runner: str = DEFAULT_RUNNER,
-                 tile: int = 512) -> dict:
+                 workers: int | None = None, format: str = "same", overwrite: bool = False,
+                 runner: str = DEFAULT_RUNNER, tile: int = 512) -> dict:
     """Upscale every image under in_dir into out_dir (incremental)."""
     return _batch("upscale", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
                   overwrite, runner, tile)
 
 
 @flow(name="embed", flow_run_name="embed-{model}", log_prints=True)
-def embed_flow(in_dir: str, out_dir: str, model: str = "ae", store: str | None = None, device: str = "auto",
-               address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["embed"], workers: int | None = None,
-               overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True, rebuild_index: bool = False,
-               query: str | None = None, k: int = 5, dedup: bool = False,
+def embed_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["embed"], store: str | None = None,
+               device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["embed"],
+               workers: int | None = None, overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True,
+               rebuild_index: bool = False, query: str | None = None, k: int = 5, dedup: bool = False,
                dedup_threshold: float | None = None) -> dict:
     """Embed every image under in_dir, build the index, optionally search it and group duplicates (dedup)."""
     summary = _batch("embed", in_dir, out_dir, model, store, device, address, batch_size, workers, "same",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.defaults import DEFAULT_MODELS
+
 OVERLAP = {"enqueue": "ENQUEUE", "cancel-new": "CANCEL_NEW"}
 
 
@@ -13,7 +15,7 @@ class ServeSettings:
     store: str | None = None
     embed_dir: str | None = None          # the watched folder; no nightly embed without it
     embed_out: str | None = None
-    embed_model: str = "ae"
+    embed_model: str = DEFAULT_MODELS["embed"]
     embed_cron: str = "0 2 * * *"
     embed_interval: float | None = None
     retrain_kind: str | None = "denoise"  # None: no scheduled retrain

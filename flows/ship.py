@@ -85,9 +85,24 @@ def resolve_recipe(recipe: dict, photos: str | None) -> dict:
     return {**recipe, "data": str(Path(photos) / data.split(":", 1)[1])}
 
 
+def check_trained_as(card: dict, recipe: dict) -> None:
+    """Raise unless a registered version was trained with every setting of the recipe (its card's settings)."""
+    settings = card.get("settings", {})
+    wrong = {k: (settings.get(k), v) for k, v in recipe.items() if k != "data" and settings.get(k) != v}
+    if recipe.get("data") and Path(str(settings.get("data", ""))).resolve() != Path(recipe["data"]).resolve():
+        wrong["data"] = (settings.get("data"), recipe["data"])
+    if wrong:
+        raise SystemExit("that version was not trained with this recipe: "
+                         + ", ".join(f"{k}={a!r} (recipe {b!r})" for k, (a, b) in sorted(wrong.items())))
+
+
 def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = SHIPPED_ROOT,
-         photos: str | None = None) -> list[Path]:
-    """Train each named recipe with train_flow into `store`, then copy it to dest_root/NAME/1 with the recipe on its card."""
+         photos: str | None = None, reuse: str | None = None) -> list[Path]:
+    """Train each named recipe with train_flow into `store`, then copy it to dest_root/NAME/1, recipe on its card.
+
+    With `reuse` (a store spec), the one named recipe is not retrained: that version, whose card must show the
+    recipe's settings (e.g. it was trained with the same `aeflow train` call), is shipped instead.
+    """
     import json
 
     from flows.train import train_flow
@@ -96,13 +111,22 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
     for name in names:
         recipe = RECIPES[name]
         t0 = time.time()
-        result = train_flow(**resolve_recipe(recipe, photos), name=name, store=store, device=device, promote=False)
-        ref = ModelStore(store, include_shipped=False).resolve(result["model"])
+        if reuse:
+            ref = ModelStore(store, include_shipped=False).resolve(reuse)
+            check_trained_as(ref.card, resolve_recipe(recipe, photos))
+            trained_as, wall = ref.id, ref.card.get("training", {}).get("seconds")
+            command = f"python -m flows.ship {name} --reuse {reuse}"
+        else:
+            result = train_flow(**resolve_recipe(recipe, photos), name=name, store=store, device=device,
+                                promote=False)
+            ref = ModelStore(store, include_shipped=False).resolve(result["model"])
+            trained_as, wall, command = result["model"], None, "python -m flows.ship " + name
         target = copy_shipped(ref.path, dest_root / name)
         card = json.loads((target / CARD).read_text())
         card["version"] = 1
-        card["shipped"] = {"recipe": recipe, "command": "python -m flows.ship " + name, "machine": machine(),
-                           "wall_seconds": round(time.time() - t0, 1), "trained_as": result["model"]}
+        card["shipped"] = {"recipe": recipe, "command": command, "machine": machine(),
+                           "wall_seconds": round(wall if wall is not None else time.time() - t0, 1),
+                           "trained_as": trained_as}
         _write_json_atomic(target / CARD, card)
         if INT8_QAT_STEPS.get(name):
             from models.qat import QatSettings
@@ -123,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default="ship-store", help="store the training flow registers into")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--photos", default=None, help="the folder `python -m models.photos fetch` filled")
+    ap.add_argument("--reuse", metavar="SPEC", default=None,
+                    help="ship this version of --store (trained with the recipe's settings) instead of training")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
-    ship(args.names or list(RECIPES), args.store, args.device, photos=args.photos)
+    if args.reuse and len(args.names) != 1:
+        ap.error("--reuse ships one recipe: name it")
+    ship(args.names or list(RECIPES), args.store, args.device, photos=args.photos, reuse=args.reuse)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The adversarial autoencoder's training step: reconstruction, discriminator and regularisation phases, one optimizer each.
+"""The adversarial autoencoder's training step: reconstruction, discriminator, regularisation; one optimizer each.
 
 Makhzani et al. 2015, "Adversarial Autoencoders", section 2: on every mini-batch the autoencoder first updates
 encoder and decoder to reduce the reconstruction error (reconstruction phase); then the discriminator learns to

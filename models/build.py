@@ -1,4 +1,4 @@
-"""Build steps shared by the CLI and the Prefect flows: export, card, and train → evaluate → pictures → export → register."""
+"""Build steps shared by the CLI and the Prefect flows: train → evaluate → pictures → export → card → register."""
 from __future__ import annotations
 
 import dataclasses
@@ -107,7 +107,7 @@ def _auto_resume(workdir: Path, settings, finished_ok: bool) -> Path | None:
         ckpt = load_checkpoint(last)
         same = ckpt.get("settings") == dataclasses.asdict(settings)
         usable = same and (finished_ok or not run_finished(ckpt, settings))
-    except Exception as exc:  # an unreadable leftover: start over
+    except Exception as exc:  # noqa: BLE001 - an unreadable leftover: start over
         log.warning("ignoring unreadable %s: %s", last, exc)
         usable = False
     if usable:

@@ -1,4 +1,4 @@
-"""Training data: folders and offline builtins resolved to patch sets (image models) or fixed-size arrays (digit models)."""
+"""Training data: folders and offline builtins as patch sets (image models) or fixed-size arrays (digit models)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aeflow.errors import UsageError
 from aeflow.imageio import fit_square
 
 PATCH_KINDS = ("denoise", "upscale")
@@ -29,7 +30,7 @@ RESERVED = frozenset({"sklearn:china.jpg", "sklearn:flower.jpg", "matplotlib:sam
 assert not {f"skimage:{n}" for n in BUILTIN_PHOTOS} & RESERVED
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """A data spec that cannot be used: unknown builtin, missing or empty folder, digits for a photo model."""
 
 
@@ -274,7 +275,7 @@ def sample_patches(images: list[np.ndarray], n: int, patch_size: int, rng: np.ra
 
 
 def add_noise(clean: np.ndarray, sigma_min: float, sigma_max: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise with sigma (0-255 scale) drawn per sample from [sigma_min, sigma_max], clipped, quantised to uint8."""
+    """Gaussian noise, sigma (0-255 scale) drawn per sample from [sigma_min, sigma_max], clipped, quantised to uint8."""
     sig = rng.uniform(sigma_min, sigma_max, size=(len(clean),) + (1,) * (clean.ndim - 1))
     noisy = clean.astype(np.float32) + rng.standard_normal(clean.shape, dtype=np.float32) * sig.astype(np.float32)
     # rounded to uint8 levels, as a real noisy file would be
@@ -282,7 +283,7 @@ def add_noise(clean: np.ndarray, sigma_min: float, sigma_max: float, rng: np.ran
 
 
 def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
-    """Pillow bicubic (antialiased) downscale of uint8 HxWx3 or NxHxWx3 by `scale`; the same in training and evaluation."""
+    """Pillow bicubic (antialiased) downscale of uint8 HxWx3 or NxHxWx3 by `scale`, in training and evaluation alike."""
     from PIL import Image
 
     if hr.ndim == 4:

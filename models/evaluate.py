@@ -1,4 +1,4 @@
-"""Metrics of a trained checkpoint on its validation split (or given data): PSNR/SSIM, Y-PSNR vs bicubic, kNN vs PCA, ELBO."""
+"""Metrics of a trained checkpoint on its validation split (or given data): PSNR/SSIM, Y-PSNR, kNN vs PCA, ELBO."""
 from __future__ import annotations
 
 import math

@@ -53,11 +53,26 @@ def conv_stack(model) -> list:
     return convs
 
 
+def conv_inputs(model, convs: dict, calib: list[np.ndarray]) -> dict[str, list]:
+    """{name: the NCHW inputs of convs[name], one tensor per calibration batch} from running `model` on them."""
+    import torch
+
+    seen: dict[str, list] = {n: [] for n in convs}
+    hooks = [m.register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach().clone()))
+             for n, m in convs.items()]
+    try:
+        with torch.inference_mode():
+            for b in calib:
+                model(torch.from_numpy(b).permute(0, 3, 1, 2).float().div(255))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def _inputs(model, convs, calib: list[np.ndarray]) -> list:
     """Every conv's inputs over the calibration batches, one (C, pixels) tensor per conv."""
     import torch
-
-    from models.quantize import conv_inputs
 
     seen = conv_inputs(model, dict(enumerate(convs)), calib)
     return [torch.cat([x.transpose(0, 1).reshape(x.shape[1], -1) for x in seen[k]], 1) for k in range(len(convs))]

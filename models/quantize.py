@@ -19,6 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 from aeflow.store import INT8_FILE  # noqa: E402 - light (no torch)
+
 # An int8 graph whose mean PSNR on any check set is more than this below fp32's is not kept. (The shipped
 # denoiser's best int8 graphs, 1.9-2.6x faster, lose 0.16-0.30 dB at sigma 15 on average: near-flat crops
 # where fp32 reaches 40+ dB lose 1-2 dB to the activation steps, though the median crop loses under 0.1.)
@@ -102,23 +103,6 @@ def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
             "ops": ["Conv", "Relu"], "kept_float": keep}
 
 
-def conv_inputs(model, convs: dict, calib: list[np.ndarray]) -> dict[str, list]:
-    """{name: the NCHW inputs of convs[name], one tensor per calibration batch} from running `model` on them."""
-    import torch
-
-    seen: dict[str, list] = {n: [] for n in convs}
-    hooks = [m.register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach().clone()))
-             for n, m in convs.items()]
-    try:
-        with torch.inference_mode():
-            for b in calib:
-                model(torch.from_numpy(b).permute(0, 3, 1, 2).float().div(255))
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
 def _bias_correct(model, src: Path, quantized: Path, calib: list[np.ndarray], out: Path) -> list[str]:
     """Write src with each quantized conv's bias lowered by the mean output change its weight rounding causes."""
     import onnx
@@ -128,6 +112,8 @@ def _bias_correct(model, src: Path, quantized: Path, calib: list[np.ndarray], ou
 
     q = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(quantized)).graph.initializer}
     convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    from models.qat import conv_inputs
+
     seen = conv_inputs(model, convs, calib)
     g, done = onnx.load(str(src)), []
     init = {i.name: i for i in g.graph.initializer}

@@ -1,4 +1,4 @@
-"""A plain training loop for every model kind: Adam, validation each epoch, early stopping, best/last checkpoints, resume."""
+"""A plain training loop for every kind: Adam, validation each epoch, early stopping, best/last checkpoints, resume."""
 from __future__ import annotations
 
 import dataclasses

@@ -16,6 +16,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from aeflow.errors import UsageError
+
 EMBEDDINGS_DIR = "embeddings"
 COLUMNS = ("path", "vector", "width", "height", "model", "written_at")
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -23,7 +25,7 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*$")
 _PART_RE = re.compile(r"^(?P<prefix>.+)-(?P<num>\d{5,})\.parquet$")
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(UsageError, ValueError):
     """Bad embeddings input or an unusable embeddings folder (fixable by the user: exit code 2 in the CLI)."""
 
 

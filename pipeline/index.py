@@ -31,8 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.embeddings import (EmbeddingsError, concat_embeddings, iter_latest_parts, list_parts, read_embeddings,
-                                 vectors_of)
+from pipeline.embeddings import (
+    EmbeddingsError,
+    concat_embeddings,
+    iter_latest_parts,
+    list_parts,
+    read_embeddings,
+    vectors_of,
+)
 
 INDEX_DIR = "index"
 META = "index.json"

@@ -16,7 +16,8 @@ from pipeline.predictor import ModelInfo, Predictor
 from pipeline.tiling import predict_tiled
 
 # Pillow format name -> the file suffix pipeline.writer.encode_image understands (MPO: camera JPEGs)
-SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
+SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+                    "GIF": ".gif"}
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aeflow.cli import UsageError
+from aeflow.errors import UsageError
 
 log = logging.getLogger(__name__)
 

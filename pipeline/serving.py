@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from aeflow.cli import UsageError
+from aeflow.errors import UsageError
 from pipeline.defaults import DEFAULT_MODELS
 from pipeline.serving_http import Limits
 

@@ -13,7 +13,6 @@ from pipeline.predictor import ModelInfo, Predictor
 from pipeline.reader import Task, read_input
 from pipeline.writer import OutputSpaceError, write_image
 
-
 # Alpha: the model sees the image composited on white; the input's alpha plane is put back on PNG/WebP/TIFF
 # outputs (pipeline.writer.with_alpha), as `aeflow api` does (pipeline/serving_models.py), so both answer the
 # same bytes. JPEG outputs stay composited on white.

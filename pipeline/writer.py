@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from aeflow.cli import UsageError
+from aeflow.errors import UsageError
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp")
 _PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",

@@ -71,7 +71,8 @@ def test_cuda_request_falls_back_with_a_message():
 def test_tree_sampler_counts_descendants():
     from bench._proc import TreeSampler, tree
 
-    code = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3)']); time.sleep(3); c.wait()"
+    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3)']); "
+            "time.sleep(3); c.wait()")
     p = subprocess.Popen([sys.executable, "-c", code])
     try:
         s = TreeSampler(p.pid).start()

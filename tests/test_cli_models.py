@@ -148,7 +148,7 @@ def test_bad_choices_and_unknown_models(tmp_path, capsys):
 
 
 def test_cli_module_does_not_import_torch():
-    code = ("import argparse, sys, aeflow.cli_models as m; m.add_commands(argparse.ArgumentParser().add_subparsers()); "
+    code = ("import argparse, sys, aeflow.cli.models as m; m.add_commands(argparse.ArgumentParser().add_subparsers()); "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr

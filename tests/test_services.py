@@ -3,10 +3,10 @@ until healthy (bounded), assert, stop. The Prefect server is SQLite here instead
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
-import shutil
 import sys
 import tempfile
 import time

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 
-
 def _runs(api: str, deployment_id: str) -> list[dict]:
     body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200}
     return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).json()

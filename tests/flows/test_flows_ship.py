@@ -1,4 +1,4 @@
-"""flows/ship.py: a recipe runs through the training flow and lands in the shipped folder, verified and without torch files."""
+"""flows/ship.py: a recipe runs through the training flow into the shipped folder, verified, without torch files."""
 from __future__ import annotations
 
 import json
@@ -49,3 +49,15 @@ def test_photo_recipes_train_on_the_fetched_folder():
     assert ship_mod.resolve_recipe(ship_mod.RECIPES["ae"], None) == ship_mod.RECIPES["ae"]
     with pytest.raises(SystemExit, match="models.photos fetch"):
         ship_mod.resolve_recipe(ship_mod.RECIPES["photo-ae"], None)
+
+
+def test_reuse_ships_only_a_version_trained_with_the_recipe(tmp_path):
+    import pytest
+
+    recipe = ship_mod.resolve_recipe(ship_mod.RECIPES["photo-ae"], str(tmp_path))
+    settings = {**recipe, "data": str(tmp_path / "train"), "seed": 0, "size": "small"}
+    ship_mod.check_trained_as({"settings": settings}, recipe)  # extra settings beyond the recipe are fine
+    with pytest.raises(SystemExit, match=r"epochs=5 \(recipe 25\)"):
+        ship_mod.check_trained_as({"settings": {**settings, "epochs": 5}}, recipe)
+    with pytest.raises(SystemExit, match="data="):
+        ship_mod.check_trained_as({"settings": {**settings, "data": "/elsewhere"}}, recipe)

@@ -4,8 +4,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data import (HELDOUT_PHOTOS, RESERVED, TRAIN_PHOTOS, dead_leaves, ArrayData, DataError, PatchData, skimage_photo, add_noise,
-                         bicubic_down, degrade, resolve_data, sample_patches)
+from models.data import (
+    HELDOUT_PHOTOS,
+    RESERVED,
+    TRAIN_PHOTOS,
+    ArrayData,
+    DataError,
+    PatchData,
+    add_noise,
+    bicubic_down,
+    dead_leaves,
+    degrade,
+    resolve_data,
+    sample_patches,
+    skimage_photo,
+)
 
 
 def test_folder_loads_mixed_images_and_skips_the_corrupt_one_with_one_warning(photo_dir):

@@ -7,8 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import embeddings as emb
-from pipeline.embeddings import (EmbeddingsError, EmbeddingWriter, iter_embedding_batches, list_parts,
-                                 read_embeddings, vectors_of)
+from pipeline.embeddings import (
+    EmbeddingsError,
+    EmbeddingWriter,
+    iter_embedding_batches,
+    list_parts,
+    read_embeddings,
+    vectors_of,
+)
 
 
 def _rows(n: int, dim: int = 4, seed: int = 0, start: int = 0):

@@ -9,11 +9,12 @@ from tests.conftest import make_photo
 
 
 def test_transient_task_failure_is_retried_and_shown(prefect_api, store, tmp_path, monkeypatch):
-    import flows.batch
-    import pipeline.runner
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
+
+    import flows.batch
+    import pipeline.runner
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

@@ -151,7 +151,7 @@ def test_cli_api_arguments():
                                       "--upscale-model", "upscale-x4:2", "--batch-size", "1"])
     assert args.autoscale == (1, 3) and args.upscale_models == ["upscale-x2", "upscale-x4:2"]
     assert args.host == "127.0.0.1" and args.batch_size == 1
-    from aeflow.cli_api import _min_max
+    from aeflow.cli.api import _min_max
 
     for bad in ("3:1", "x", "0:0", "1-3"):
         with pytest.raises(argparse.ArgumentTypeError):

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from aeflow.cli import UsageError
+from aeflow.errors import UsageError
 
 _CHOICES = {"size": ("tiny", "small", "base"), "device": ("auto", "cpu", "cuda"), "scale": (2, 4),
             "lr_schedule": ("constant", "cosine")}

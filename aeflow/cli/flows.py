@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.defaults import DEFAULT_RUNNER, RUNNERS
+from pipeline.defaults import DEFAULT_MODELS, DEFAULT_RUNNER, RUNNERS
 
 
 def add_commands(sub) -> None:
@@ -30,7 +30,8 @@ def add_commands(sub) -> None:
     s.add_argument("--store", help="model store root (default: $AEFLOW_HOME or ./aeflow-store)")
     s.add_argument("--nightly-embed-dir", dest="embed_dir", metavar="DIR", help="watched folder to embed nightly")
     s.add_argument("--embed-out", metavar="DIR", help="output folder of the nightly embed (embeddings + index)")
-    s.add_argument("--embed-model", default="ae", help="model spec for the embed (default ae)")
+    s.add_argument("--embed-model", default=DEFAULT_MODELS["embed"],
+                   help=f"model spec for the embed (default {DEFAULT_MODELS['embed']})")
     s.add_argument("--cron", default="0 2 * * *", help='nightly embed schedule (default "0 2 * * *")')
     s.add_argument("--embed-interval", type=float, metavar="SECONDS", help="run the embed every SECONDS instead")
     s.add_argument("--retrain-kind", default="denoise",
@@ -66,7 +67,7 @@ def _prefect_env() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo and print where every output went."""
-    from aeflow.cli import UsageError
+    from aeflow.errors import UsageError
 
     _prefect_env()
     mode = args.mode or ("quick" if args.quick else "full")
@@ -82,7 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the deployments until interrupted."""
-    from aeflow.cli import UsageError
+    from aeflow.errors import UsageError
 
     if args.api_url:  # before prefect is imported: its settings are read once, at import
         os.environ["PREFECT_API_URL"] = args.api_url

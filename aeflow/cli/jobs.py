@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from aeflow.cli import UsageError
+from aeflow.errors import UsageError
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 
 _JOB_HELP = {

@@ -27,7 +27,8 @@ def add_commands(sub) -> None:
     scale.add_argument("--autoscale", type=_min_max, default=None, metavar="MIN:MAX",
                        help="scale replicas per model between MIN and MAX with the load")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--store", type=Path, default=None, help="model store folder (default $AEFLOW_HOME or ./aeflow-store)")
+    p.add_argument("--store", type=Path, default=None,
+                   help="model store folder (default $AEFLOW_HOME or ./aeflow-store)")
     p.add_argument("--denoise-model", default=None, metavar="SPEC", help="store spec for /denoise")
     p.add_argument("--upscale-model", dest="upscale_models", action="append", default=[], metavar="SPEC",
                    help="store spec for /upscale (repeat for several scales; ?scale= picks one)")
