@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aeflow.errors import UsageError
+from aeflow.files import write_json
 
 CARD = "card.json"
 ALIASES = "aliases.json"
@@ -44,15 +45,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def update_card(version_dir: str | os.PathLike, changes: dict) -> dict:
+    """Merge `changes` into the top level of a version folder's card (atomic); the new card.
+
+    For facts learned after registration (a derived graph, a measured threshold, shipping details). The
+    sha256 list is the card's own business: a change to "files" must come with the file it names.
+    """
+    f = Path(version_dir) / CARD
+    if not f.is_file():
+        raise StoreError(f"no {CARD} in {version_dir}")
+    card = {**json.loads(f.read_text()), **changes}
+    write_json(f, card)
+    return card
+
+
 def default_root() -> Path:
     """$AEFLOW_HOME if set, else ./aeflow-store."""
     return Path(os.environ.get("AEFLOW_HOME") or "aeflow-store")
 
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -213,7 +223,7 @@ class ModelStore:
                 full = dict(card)
                 full.update(name=name, version=version, files={**card.get("files", {}), **files})
                 full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-                _write_json_atomic(stage / CARD, full)
+                write_json(stage / CARD, full)
                 try:
                     os.rename(stage, ndir / str(version))  # fails if another writer took this version
                     break
@@ -225,6 +235,14 @@ class ModelStore:
             raise
         return self.get(name, version)
 
+    def update_card(self, spec: str, changes: dict) -> ModelRef:
+        """Merge `changes` into the card of a version of this store (not a shipped one); the updated ref."""
+        ref = self.resolve(spec)
+        if not ref.path.resolve().is_relative_to(self.root.resolve()):
+            raise StoreError(f"{ref.id} is not in {self.root} (shipped models are read-only)")
+        card = update_card(ref.path, changes)
+        return ModelRef(ref.name, ref.version, ref.path, card)
+
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point alias at version (atomic). `latest` is implicit and cannot be set."""
         if alias == "latest" or not _ALIAS_RE.match(alias):
@@ -235,4 +253,4 @@ class ModelStore:
         f = ndir / ALIASES
         data = json.loads(f.read_text()) if f.is_file() else {}
         data[alias] = int(version)
-        _write_json_atomic(f, data)
+        write_json(f, data)

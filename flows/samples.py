@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aeflow.files import atomic_path
+
 # Unreserved photos only (never chelsea/cat, coffee, stereo_motorcycle, sklearn china/flower).
 SAMPLE_SOURCES = ("astronaut", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera",
                   "coins", "brick", "gravel", "clock")
@@ -36,9 +38,8 @@ def _photo(name: str) -> np.ndarray:
 def _save_png(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def make_sample_folders(root: str | os.PathLike, count: int = 24, size: tuple[int, int] = (96, 128),

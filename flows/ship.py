@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from aeflow.store import CARD, SHIPPED_ROOT, ModelStore, _write_json_atomic
+from aeflow.store import SHIPPED_ROOT, ModelStore, update_card
 
 # name -> train_flow parameters. Sized for 2 CPU cores (about 85 minutes for all six).
 RECIPES: dict[str, dict] = {
@@ -103,7 +103,6 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
     With `reuse` (a store spec), the one named recipe is not retrained: that version, whose card must show the
     recipe's settings (e.g. it was trained with the same `aeflow train` call), is shipped instead.
     """
-    import json
 
     from flows.train import train_flow
 
@@ -122,12 +121,9 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
             ref = ModelStore(store, include_shipped=False).resolve(result["model"])
             trained_as, wall, command = result["model"], None, "python -m flows.ship " + name
         target = copy_shipped(ref.path, dest_root / name)
-        card = json.loads((target / CARD).read_text())
-        card["version"] = 1
-        card["shipped"] = {"recipe": recipe, "command": command, "machine": machine(),
-                           "wall_seconds": round(wall if wall is not None else time.time() - t0, 1),
-                           "trained_as": trained_as}
-        _write_json_atomic(target / CARD, card)
+        update_card(target, {"version": 1, "shipped": {
+            "recipe": recipe, "command": command, "machine": machine(),
+            "wall_seconds": round(wall if wall is not None else time.time() - t0, 1), "trained_as": trained_as}})
         if INT8_QAT_STEPS.get(name):
             from models.qat import QatSettings
             from models.quantize import add_int8_to_folder

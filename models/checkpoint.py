@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from aeflow.files import atomic_path
 
 CHECKPOINT_KEYS = ("kind", "config", "state_dict", "optimizer", "epoch", "best_val", "history", "settings")
 
@@ -54,15 +55,8 @@ def save_checkpoint(path: str | os.PathLike, model, *, optimizer=None, epoch: in
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # Temp file in the same folder, then os.replace: a crash never leaves a half-written checkpoint.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a checkpoint is an ordinary readable file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
     return path
 
 

@@ -5,7 +5,6 @@ import copy
 import io
 import logging
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from aeflow.files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +199,7 @@ def _finish(proto, meta: dict[str, str]) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; models are read by other processes/users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data)
 
 
 def _image2image(model, sizes, meta: dict, opset: int, dynamo: bool):

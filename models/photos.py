@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aeflow.files import atomic_path
 
 # Reserved for independent evaluation by whoever checks aeflow: never downloaded, loaded or trained on.
 RESERVED_PACKAGES = frozenset({"tuxtype-data", "palapeli-data", "plasma-workspace-wallpapers", "libjxl-testdata"})
@@ -171,9 +172,8 @@ def prepare(extracted: dict[str, Path], out: Path) -> list[dict]:
             split = "heldout" if is_heldout(key) else "train"
             dest = out / split / src.package / f"{name}.png"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".tmp")
-            small.save(tmp, format="PNG")
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                small.save(tmp, format="PNG")
             rows.append({"file": str(dest.relative_to(out)), "package": src.package, "source": rel,
                          "original_size": list(im.size), "size": list(small.size), "split": split,
                          "licence": licence_for(text, rel, Path(rel).stem if src.rcc else None)})

@@ -1,12 +1,11 @@
 """PNG pictures beside a model: reconstructions, training curves, the latent scatter and manifold of 2-d VAEs/AAEs."""
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from aeflow.files import atomic_path
 from models.data import PatchData, add_noise, bicubic_down
 
 GRID_SAMPLES = 8     # digit samples per reconstruction row
@@ -17,9 +16,8 @@ MANIFOLD_N = 10      # the manifold picture is MANIFOLD_N x MANIFOLD_N decoded l
 
 def _save(fig, path: Path) -> str:
     """Write a matplotlib Figure to path atomically (temp name in the same folder, then os.replace)."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.png")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return str(path)
 
 

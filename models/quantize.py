@@ -303,18 +303,13 @@ def record_graph(version_dir: Path, key: str, fname: str, facts: dict) -> None:
     """Write a derived graph's facts to the folder's card under `key`, with its sha256 when it was kept."""
     import json
 
-    from aeflow.store import CARD, sha256_file
+    from aeflow.store import CARD, sha256_file, update_card
 
     d = Path(version_dir)
-    card = json.loads((d / CARD).read_text())
-    card[key] = facts
-    files = {k: v for k, v in card.get("files", {}).items() if k != fname}
+    files = {k: v for k, v in json.loads((d / CARD).read_text()).get("files", {}).items() if k != fname}
     if facts["kept"]:
         files[fname] = sha256_file(d / fname)
-    card["files"] = files
-    tmp = d / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    tmp.replace(d / CARD)
+    update_card(d, {key: facts, "files": files})
 
 
 def main(argv: list[str] | None = None) -> None:

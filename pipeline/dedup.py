@@ -16,27 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from aeflow.files import atomic_path, write_text
 from pipeline.embeddings import EmbeddingsError, iter_embedding_batches
 
 DEDUP_DIR = "dedup"
 DEFAULT_K = 10
 DEFAULT_THRESHOLD = 0.9  # used when the model's card records none (the shipped photo model's does)
 _QUERY_CHUNK = 8192
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _latest_rows(out: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -106,7 +96,8 @@ def _neighbours(out: Path, paths: list[str], x: np.ndarray, when: np.ndarray, k:
                       "nbr_sims": [s[row >= 0].tolist() for row, s in zip(nbr, sim)]})
     table = table.replace_schema_metadata({"k": str(k)})
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cache_file, lambda t: pq.write_table(table, t))
+    with atomic_path(cache_file) as tmp:
+        pq.write_table(table, tmp)
     return nbr, sim, len(queried)
 
 
@@ -144,7 +135,8 @@ def _hashes(out: Path, in_dir: Path | None, paths: list[str]) -> tuple[list[str 
         rows.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": d})
     table = pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("size", pa.int64()),
                                                          ("mtime_ns", pa.int64()), ("sha256", pa.string())]))
-    _write_atomic(cache_file, lambda t: pq.write_table(table, t))
+    with atomic_path(cache_file) as tmp:
+        pq.write_table(table, tmp)
     return digests, sizes, hashed
 
 
@@ -214,8 +206,10 @@ def find_groups(out_dir, threshold: float | None = None, k: int = DEFAULT_K, in_
                         ("similarity", pa.float32()), ("match", pa.string()), ("bytes", pa.int64()),
                         ("width", pa.int32()), ("height", pa.int32())])
     table = pa.Table.from_pylist(out_rows, schema=schema)
-    _write_atomic(d / "groups.parquet", lambda t: pq.write_table(table, t))
-    _write_atomic(d / "groups.csv", lambda t: pcsv.write_csv(table, t))
+    with atomic_path(d / "groups.parquet") as tmp:
+        pq.write_table(table, tmp)
+    with atomic_path(d / "groups.csv") as tmp:
+        pcsv.write_csv(table, tmp)
     summary = {"images": len(paths), "groups": len(order), "images_in_groups": len(out_rows),
                "exact_duplicates": sum(r["match"] == "exact" for r in out_rows),
                "bytes_freeable": int(freed), "threshold": float(threshold), "k": int(k),
@@ -225,7 +219,7 @@ def find_groups(out_dir, threshold: float | None = None, k: int = DEFAULT_K, in_
         from pipeline.dedup_page import write_page
 
         summary["page"] = str(write_page(d / "index.html", out_rows, in_dir, summary))
-    _write_atomic(d / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=2) + "\n"))
+    write_text(d / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

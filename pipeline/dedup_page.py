@@ -4,8 +4,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
+
+from aeflow.files import write_text
 
 MAX_GROUPS = 300     # groups on the page (all of them are in groups.parquet / groups.csv)
 MAX_PER_GROUP = 24   # thumbnails per group
@@ -91,7 +92,4 @@ def write_page(dest: Path, rows: list[dict], in_dir: Path | None, summary: dict)
             parts.append(f"<p>… and {len(members) - MAX_PER_GROUP} more</p>")
         parts.append("</div></section>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    os.replace(tmp, dest)
-    return dest
+    return write_text(dest, "".join(parts))

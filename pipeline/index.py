@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aeflow.files import write_json
 from pipeline.embeddings import (
     EmbeddingsError,
     concat_embeddings,
@@ -339,9 +340,7 @@ def _commit(out: Path, old_meta: dict | None, meta: dict, index, id_table) -> di
         raise
     meta = {**meta, "files": {"index": f"{name}/index.faiss", "ids": f"{name}/ids.parquet"}}
     f = idx_dir / META
-    tmp_meta = idx_dir / f".{META}.{uuid.uuid4().hex}.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_meta, f)
+    write_json(f, meta)
     # keep the previous version for readers that loaded the old index.json; builders hold the lock
     keep = {name, old_meta["files"]["index"].split("/")[0] if old_meta and "files" in old_meta else ""}
     for d in idx_dir.iterdir():

@@ -12,6 +12,8 @@ import os
 import uuid
 from pathlib import Path
 
+from aeflow.files import write_json
+
 META_DIR = "_aeflow"
 MANIFEST_DIR = f"{META_DIR}/manifest"
 SUMMARY = f"{META_DIR}/summary.json"
@@ -87,10 +89,7 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
     """Write OUT_DIR/_aeflow/summary.json atomically."""
     path = Path(out_dir) / SUMMARY
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_json(path, summary)
 
 
 class RunLock:
