@@ -133,8 +133,8 @@ def _bicubic_psnr(samples) -> float | None:
 
 def format_summary(r: dict) -> str:
     """The demo's closing report: models and their gate decisions, each job's counts and outputs, PSNRs."""
-    from flows.promotion import main_metric
     from flows.report import job_counts
+    from models.promotion import main_metric
 
     def db(v):
         return "n/a" if v is None else f"{v:.2f} dB"

@@ -8,8 +8,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.promotion import Decision, decide_promotion
+from aeflow.store import ModelStore
 from flows.report import artifact_key, promotion_markdown
+from models.promotion import gate
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -29,32 +30,12 @@ def evaluate_task(checkpoint: Path, data: str | None = None, seed: int = 0, limi
     return evaluate_model(Path(checkpoint), data=data, seed=seed, limit=limit)
 
 
-@task(cache_policy=NO_CACHE)
-def production_task(store: str | None, name: str) -> tuple[int, str] | None:
-    """(version, checkpoint path) of the current production version, or None."""
-    from aeflow.store import ModelStore
-
-    st = ModelStore(store)
-    version = st.aliases(name).get("production")
-    if version is None:
-        return None
-    return version, str(st.get(name, version).path / "checkpoint.pt")
-
-
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def register_task(settings, result, metrics: dict, store: str | None, name: str, workdir: Path):
     """Export to ONNX, draw the pictures, write the card and register the folder as the next version."""
-    from aeflow.store import ModelStore
-    from models.build import export_model, make_card
-    from models.pictures import make_pictures
+    from models.build import package
 
-    st = ModelStore(store)
-    out = Path(workdir) / "build"
-    shutil.rmtree(out, ignore_errors=True)  # a retry starts from an empty build folder
-    export = export_model(result.checkpoint, out, name, st.next_version(name))  # copies checkpoint.pt too
-    pictures = make_pictures(result.checkpoint, out, seed=settings.seed)
-    card = make_card(settings=settings, result=result, metrics=metrics, export=export, pictures=pictures)
-    return st.register(name, out, card, move=True)
+    return package(settings, result, metrics, ModelStore(store), name, workdir)
 
 
 @task(cache_policy=NO_CACHE)
@@ -90,22 +71,18 @@ def train_flow(kind: str, data: str = "builtin:photos", epochs: int = 10, batch_
     shutil.rmtree(work / "train", ignore_errors=True)  # only a failed try of THIS run may be resumed
     result = train_task(settings, work / "train")
     metrics = evaluate_task(result.checkpoint, seed=seed)  # the card's numbers: the run's own validation split
-    prod = production_task(store, name)
     ref = register_task(settings, result, metrics, store, name, work)
-    gate_metrics, prod_metrics = metrics, None
-    if prod:
-        # The same evaluation data for both: the new model's data spec, every image of it.
-        gate_metrics = evaluate_task(result.checkpoint, data, seed, limit)
-        prod_metrics = evaluate_task(prod[1], data, seed, limit) if Path(prod[1]).is_file() else {}
-    decision: Decision = decide_promotion(kind, gate_metrics, prod_metrics)
+    st = ModelStore(store)
+    decision, prod_version, gate_metrics, prod_metrics = gate(st, name, kind, result.checkpoint, data, metrics,
+                                                              seed, limit, evaluate=evaluate_task)
     if promote and decision.promote:
         promote_task(store, name, ref.version)
     promoted = bool(promote and decision.promote)
-    create_markdown_artifact(promotion_markdown(ref, decision, prod[0] if prod else None, promoted),
+    create_markdown_artifact(promotion_markdown(ref, decision, prod_version, promoted),
                              key=f"promotion-{artifact_key(name)}", description=f"promotion gate for {ref.id}")
     print(f"{ref.id}: {'promoted' if promoted else 'not promoted'} ({decision.reason})")
     return {"model": ref.id, "path": str(ref.path), "kind": kind, "metrics": metrics,
-            "production_version": prod[0] if prod else None, "production_metrics": prod_metrics,
+            "production_version": prod_version, "production_metrics": prod_metrics,
             "gate_metrics": gate_metrics, "promoted": promoted, "reason": decision.reason,
             "device": getattr(result, "device", None), "train_seconds": getattr(result, "seconds", None)}
 

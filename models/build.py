@@ -119,16 +119,28 @@ def _auto_resume(workdir: Path, settings, finished_ok: bool) -> Path | None:
     return None
 
 
+def package(settings, result, metrics: dict, store, name: str, workdir: Path):
+    """Export → pictures → card → register: the next version of `name` (the CLI and the train flow share it)."""
+    from models.pictures import make_pictures
+
+    build = Path(workdir) / "build"
+    shutil.rmtree(build, ignore_errors=True)  # a retry starts from an empty build folder
+    export = export_model(result.checkpoint, build, name, store.next_version(name))  # copies checkpoint.pt too
+    pictures = make_pictures(result.checkpoint, build, seed=settings.seed)
+    card = make_card(settings=settings, result=result, metrics=metrics, export=export, pictures=pictures)
+    return store.register(name, build, card, move=True)
+
+
 def build_and_register(settings, store, name: str | None = None, resume: Path | None = None,
                        workdir: Path | None = None, promote: bool = False):
     """Train → evaluate → pictures → export → register in `store`; returns the new ModelRef.
 
     Default workdir: STORE/.work/NAME, removed once the model is registered. An interrupted run in the
-    workdir resumes when the same settings run again. `promote` points `production` at the new
-    version without a gate (the Prefect train flow applies the gate).
+    workdir resumes when the same settings run again. `promote` points `production` at the new version
+    if it passes the promotion gate (models/promotion.py, the train flow's rule).
     """
     from models.evaluate import evaluate_model
-    from models.pictures import make_pictures
+    from models.promotion import gate
     from models.train import train_model
 
     name = name or default_name(settings.kind, settings.scale)
@@ -140,14 +152,13 @@ def build_and_register(settings, store, name: str | None = None, resume: Path | 
     result = train_model(settings, workdir, resume=resume)
     log.info("trained %s in %.0f s on %s; evaluating", name, result.seconds, result.device)
     metrics = evaluate_model(result.checkpoint, seed=settings.seed)
-    build = workdir / "build"
-    shutil.rmtree(build, ignore_errors=True)
-    export = export_model(result.checkpoint, build, name, store.next_version(name))
-    pictures = make_pictures(result.checkpoint, build, seed=settings.seed)
-    card = make_card(settings=settings, result=result, metrics=metrics, export=export, pictures=pictures)
-    ref = store.register(name, build, card, move=True)
+    ref = package(settings, result, metrics, store, name, workdir)
     if promote:
-        store.set_alias(name, "production", ref.version)
+        decision = gate(store, name, settings.kind, result.checkpoint, settings.data, metrics, settings.seed,
+                        settings.limit)[0]
+        if decision.promote:
+            store.set_alias(name, "production", ref.version)
+        log.info("%s: %s (%s)", ref.id, "promoted" if decision.promote else "not promoted", decision.reason)
     if own_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return ref

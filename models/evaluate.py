@@ -1,7 +1,6 @@
 """Metrics of a trained checkpoint on its validation split (or given data): PSNR/SSIM, Y-PSNR, kNN vs PCA, ELBO."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,6 @@ PRIOR_SAMPLES = 2000  # aae: latents compared with the prior (MMD is quadratic i
 SIGMAS = (15, 25, 50)
 EVAL_CROP = 256  # image metrics on the central crop of at most this side: bounded CPU time on big photos
 KNN_K = 5
-
-
-def is_better(kind: str, new: dict, old: dict | None) -> bool:
-    """Whether metrics `new` beat `old` on the kind's main metric (a missing old value loses)."""
-    key, higher = MAIN_METRIC[kind]
-    a, b = new.get(key), (old or {}).get(key)
-    if a is None or (isinstance(a, float) and math.isnan(a)):
-        return False
-    if b is None or (isinstance(b, float) and math.isnan(b)):
-        return True
-    return a > b if higher else a < b
 
 
 def load_for_eval(checkpoint: Path, data: str | None = None, limit: int | None = None):

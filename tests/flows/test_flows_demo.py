@@ -63,10 +63,10 @@ def test_a_second_demo_rebuilds_the_index_for_its_new_ae(demo_run, prefect_api, 
     out = tmp_path / "embeddings"
     shutil.copytree(work / "outputs" / "embeddings", out)
     ref = build_and_register(TrainSettings(kind="ae", data="builtin:digits", size="tiny", limit=120, epochs=1),
-                             ModelStore(store), promote=True)
+                             ModelStore(store))
     assert ref.version == 2
     args = (str(work / "samples" / "clean"), str(out))
     with pytest.raises(IndexMismatchError):  # what a plain update does when the model changed
-        embed_flow(*args, model="ae", store=str(store), runner="local")
-    r = embed_flow(*args, model="ae", store=str(store), runner="local", rebuild_index=True)
+        embed_flow(*args, model="ae:latest", store=str(store), runner="local")
+    r = embed_flow(*args, model="ae:latest", store=str(store), runner="local", rebuild_index=True)
     assert r["index"]["model"] == "ae:2" and r["index"]["action"] == "rebuilt"

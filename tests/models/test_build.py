@@ -1,6 +1,8 @@
 """Tests for models/build.py: export + card + register, promotion, and resuming an interrupted build."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,19 @@ def test_an_interrupted_build_resumes_when_rerun(tmp_path, monkeypatch):
 def test_names_and_code_version():
     assert default_name("upscale", 4) == "upscale-x4" and default_name("denoise") == "denoise"
     assert code_version().startswith("0.")
+
+
+def test_promote_goes_through_the_gate(tmp_path, monkeypatch):
+    """--promote moves production only when the new version scores at least as well on the same data."""
+    import models.evaluate
+
+    store = ModelStore(tmp_path / "store", include_shipped=False)
+    settings = TrainSettings(kind="conv-vae", latent_dim=2, **DIGITS)
+    assert build_and_register(settings, store, promote=True).version == 1  # no production yet
+
+    def scores(ckpt, data=None, seed=0, limit=None):  # the stored production checkpoint scores better
+        return {"elbo": -120.0 if ".work" in Path(ckpt).parts else -100.0, "eval_data": data}
+
+    monkeypatch.setattr(models.evaluate, "evaluate_model", scores)
+    ref = build_and_register(settings, store, promote=True)
+    assert ref.version == 2 and store.aliases("conv-vae")["production"] == 1

@@ -1,4 +1,7 @@
-"""The promotion gate: a version takes `production` only if its main metric is at least as good, on the same data."""
+"""The one promotion rule: a version takes `production` only if its main metric is at least as good, on the same data.
+
+Used by `aeflow train --promote` (models/build.py) and the Prefect train flow alike.
+"""
 from __future__ import annotations
 
 import math
@@ -58,3 +61,29 @@ def decide_promotion(kind: str, new_metrics: dict, prod_metrics: dict | None,
                         key, higher, new, prod)
     return Decision(False, f"{key} {new:.4g} is worse than production {prod:.4g} ({word} is better)",
                     key, higher, new, prod)
+
+
+def gate(store, name: str, kind: str, checkpoint, data: str, own_metrics: dict, seed: int = 0,
+         limit: int | None = None, evaluate=None) -> tuple[Decision, int | None, dict, dict | None]:
+    """(decision, production version, new metrics, production metrics) for a new checkpoint of `name`.
+
+    With no production version the new one wins on its own validation metrics (`own_metrics`). Otherwise
+    both checkpoints are scored on the same data (the new model's data spec, every image of it); a
+    production version without its checkpoint cannot be scored, and is kept. `evaluate(checkpoint, data,
+    seed, limit)` defaults to models.evaluate.evaluate_model (the train flow passes its task).
+    """
+    from pathlib import Path
+
+    if evaluate is None:
+        from models.evaluate import evaluate_model
+
+        def evaluate(ckpt, d, s, lim):
+            return evaluate_model(Path(ckpt), data=d, seed=s, limit=lim)
+
+    version = store.aliases(name).get("production")
+    if version is None:
+        return decide_promotion(kind, own_metrics, None), None, own_metrics, None
+    new = evaluate(checkpoint, data, seed, limit)
+    prod_ckpt = Path(store.get(name, version).path) / "checkpoint.pt"
+    prod = evaluate(str(prod_ckpt), data, seed, limit) if prod_ckpt.is_file() else {}
+    return decide_promotion(kind, new, prod), version, new, prod

@@ -1,13 +1,12 @@
-"""The promotion gate as a plain function, and the markdown the flows publish (no Prefect needed)."""
+"""models/promotion.py: the one promotion rule, and the gate that scores both checkpoints on the same data."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from aeflow.store import ModelRef
-from flows.promotion import decide_promotion, main_metric
-from flows.report import job_counts, job_markdown, promotion_markdown
+from models.promotion import decide_promotion, main_metric
 
 
 def test_main_metric_comes_from_models_evaluate():
@@ -49,20 +48,27 @@ def test_unscorable_production_is_kept():
     assert not d.promote and "keeping it" in d.reason and d.metric == "psnr_gain"
 
 
-def test_promotion_markdown_shows_decision_numbers_and_pictures(tmp_path):
-    (tmp_path / "samples.png").write_bytes(b"png")
-    ref = ModelRef("denoise", 3, tmp_path, {"metrics": {"psnr_25": 27.5, "ssim_25": 0.8},
-                                            "pictures": ["samples.png"]})
-    d = decide_promotion("denoise", {"psnr_25": 26.0}, {"psnr_25": 27.25})
-    md = promotion_markdown(ref, d, 2, promoted=False)
-    assert "denoise:3: NOT promoted" in md and "26" in md and "27.25" in md and "denoise:2" in md
-    assert str(tmp_path / "samples.png") in md and "ssim_25" in md
+def test_gate_scores_both_checkpoints_on_the_new_data_and_ties_promote(tmp_path):
+    from aeflow.store import ModelStore
+    from models.promotion import gate
 
+    src = tmp_path / "v"
+    src.mkdir()
+    (src / "model.onnx").write_bytes(b"x")
+    (src / "checkpoint.pt").write_bytes(b"x")
+    store = ModelStore(tmp_path / "store")
+    seen = []
 
-def test_job_markdown_and_counts():
-    summary = {"counts": {"total": 5, "ok": 3, "failed": 2, "skipped": 0}, "images_per_s": 12.5,
-               "model": {"name": "denoise", "version": 1},
-               "failures": [{"path": "empty.png", "error": "ImageDecodeError: empty file"}]}
-    assert job_counts(summary) == {"ok": 3, "failed": 2, "skipped": 0}
-    md = job_markdown("denoise", "denoise", "in", "out", summary)
-    assert "| failed | 2 |" in md and "empty.png" in md and "denoise:1" in md and "12.5" in md
+    def evaluate(ckpt, data, seed, limit):
+        seen.append((Path(ckpt).name, data))
+        return {"psnr_25": 28.0}  # the same score: a tie
+
+    d, version, new, prod = gate(store, "denoise", "denoise", "new.pt", "builtin:photos", {"psnr_25": 1.0},
+                                 evaluate=evaluate)
+    assert d.promote and version is None and new == {"psnr_25": 1.0} and seen == []  # no production: no scoring
+    store.register("denoise", src, {"kind": "denoise"})
+    store.set_alias("denoise", "production", 1)
+    d, version, new, prod = gate(store, "denoise", "denoise", "new.pt", "builtin:photos", {"psnr_25": 1.0},
+                                 evaluate=evaluate)
+    assert d.promote and version == 1 and new == prod == {"psnr_25": 28.0}
+    assert seen == [("new.pt", "builtin:photos"), ("checkpoint.pt", "builtin:photos")]
