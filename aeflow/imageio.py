@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -174,19 +175,30 @@ def decode_image(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_P
 def decode_image_alpha(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
                        min_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """decode_image, plus the alpha plane (uint8 HxW) when the file has one; the image is still composited."""
-    image, alpha, _, _ = decode_with_header(data, channels, max_pixels, min_side)
-    return image, alpha
+    d = decode_with_header(data, channels, max_pixels, min_side)
+    return d.image, d.alpha
+
+
+@dataclass
+class DecodedImage:
+    """A decoded input: its pixels (composited on white) and what writing an output from it needs."""
+
+    image: np.ndarray  # uint8 HxWxC; a large JPEG may be decoded smaller when min_side allows (_draft)
+    icc: bytes | None
+    format: str  # Pillow's format name of the input (JPEG, PNG, ...)
+    width: int  # the input's full size, EXIF orientation applied, whatever size it was decoded at
+    height: int
+    alpha: np.ndarray | None = None  # the input's alpha plane (HxW), for outputs that can hold it
 
 
 def decode_with_header(data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       min_side: int | None = None) \
-        -> tuple[np.ndarray, np.ndarray | None, bytes | None, tuple[int, int]]:
-    """decode_image_alpha, plus the ICC profile and the full display size, from one open of the bytes."""
+                       min_side: int | None = None) -> DecodedImage:
+    """decode_image_alpha, plus the ICC profile, the format and the full display size, from one open of the bytes."""
     im = open_image(data, max_pixels)
-    icc, size = im.info.get("icc_profile"), display_size(im)  # read before a draft shrinks the image
+    icc, fmt, (w, h) = im.info.get("icc_profile"), im.format or "", display_size(im)  # before a draft shrinks it
     a = _decode_opened(im, min_side, channels)
     alpha = np.ascontiguousarray(a[..., -1]) if a.shape[2] in (2, 4) else None
-    return normalize_channels(a, channels), alpha, icc, size
+    return DecodedImage(normalize_channels(a, channels), icc, fmt, w, h, alpha)
 
 
 def display_size(im) -> tuple[int, int]:

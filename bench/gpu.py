@@ -7,7 +7,7 @@ For each job (denoise, upscale x2, embed), on the shipped models and on generate
 1. model-only: the graph in onnxruntime with IO binding (input and output stay on the device), fp32 and fp16;
 2. the `aeflow` job end to end (`--runner local`, the in-process engine): precision auto (fp16 on CUDA) and
    fp32, IO binding on and off ($AEFLOW_IO_BINDING), and denoise/upscale of one 4000x3000 photo (tiling);
-3. a decode-only floor: the job's own read + decode (pipeline.reader.read_input) on every core;
+3. a decode-only floor: the job's own read + decode (pipeline.inference.decode_for) on every core;
 4. torch eager fp32 and fp16, and torch.compile fp16, on the same weights, for reference.
 Model-only, floor and torch sections each run for --seconds. GPU utilisation is sampled with nvidia-smi
 every 200 ms and averaged per section. One JSON file: images/s, utilisation, and the providers used.
@@ -120,10 +120,11 @@ def fp16_graph(ref, work: Path) -> Path:
 
 
 def _decode_one(args) -> int:
-    from pipeline.reader import read_input
+    from aeflow.imageio import decode_with_header
+    from pipeline.reader import read_bytes
 
     path, channels, side = args
-    read_input(path, channels, side)
+    decode_with_header(read_bytes(path), channels, min_side=side)  # what pipeline.inference.decode_for does
     return 1
 
 
@@ -135,7 +136,7 @@ def decode_floor(paths: list[str], channels: int, side: int | None, cores: int, 
         while time.perf_counter() - t0 < seconds:
             n += sum(pool.map(_decode_one, [(p, channels, side) for p in paths], chunksize=16))
         wall = time.perf_counter() - t0
-    return {"images_per_s": round(n / wall, 2), "processes": cores, "decoder": "Pillow (pipeline.reader.read_input)"}
+    return {"images_per_s": round(n / wall, 2), "processes": cores, "decoder": "Pillow (decode_with_header)"}
 
 
 def run_job(job: str, in_dir: Path, out: Path, store: Path, device: str, precision: str, binding: str) -> dict:

@@ -442,12 +442,9 @@ def _query_vector(image: Path, meta: dict, model: str | None, store) -> np.ndarr
 
 
 def _embed_image(onnx_path: Path, image_path: Path) -> np.ndarray:
-    """Embed one image file with an encoder ONNX through the embed job's own reader and predictor code.
-
-    The lead may want one shared "embed these files" helper in pipeline/ that both the job and search call.
-    """
-    from aeflow.imageio import ImageDecodeError, load_image
-    from pipeline.inference import decode_side, encoder_input
+    """Embed one image file with an encoder ONNX through the embed job's own decode and predictor code."""
+    from aeflow.imageio import ImageDecodeError
+    from pipeline.inference import decode_for, encoder_input
     from pipeline.predictor import Predictor
 
     pred = Predictor(str(onnx_path), device="cpu", threads=min(2, os.cpu_count() or 1))
@@ -455,8 +452,8 @@ def _embed_image(onnx_path: Path, image_path: Path) -> np.ndarray:
         raise EmbeddingsError(f"{onnx_path} is not an encoder with a fixed input size (aeflow.role="
                               f"{pred.info.role!r}, aeflow.input_size={pred.info.input_size})")
     try:
-        # the embed job's decode scale and crop, so a query image's vector is the one the job stored
-        a = load_image(image_path, channels=pred.info.channels, min_side=decode_side(pred.info))
+        # the embed job's own decode and crop, so a query image's vector is the one the job stored
+        a = decode_for(image_path, pred.info).image
     except ImageDecodeError as exc:
         raise EmbeddingsError(f"query image {image_path}: {exc}") from exc
     batch = {"image": encoder_input(a, pred.info)[None]}

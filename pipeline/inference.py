@@ -1,35 +1,24 @@
 """Per-image model logic shared by the batch worker and the online service: decode, batch or tile, embed, encode.
 
 One code path, so `aeflow api` answers with exactly the bytes the batch job writes for the same input:
-the same decode (aeflow.imageio.decode_image_alpha at decode_side's scale + the file's ICC profile), the same
+the same decode (decode_for: one open, at decode_side's scale, with the file's ICC profile), the same
 shape buckets and tiling for image2image models, the same centre crop for encoders, the same encoder
 (pipeline.writer.encode_image).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 import numpy as np
 
-from aeflow.imageio import DEFAULT_MAX_PIXELS, decode_image_alpha, display_size, fit_square, open_image
+from aeflow.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_with_header, fit_square
 from pipeline.predictor import ModelInfo, Predictor
+from pipeline.reader import read_bytes
 from pipeline.tiling import predict_tiled
 
 # Pillow format name -> the file suffix pipeline.writer.encode_image understands (MPO: camera JPEGs)
 SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
                     "GIF": ".gif"}
-
-
-@dataclass
-class DecodedImage:
-    """A decoded input: pixels as the batch job decodes them (encoders: not yet cropped), plus what encoding needs."""
-
-    image: np.ndarray  # uint8 HxWxC (encoders: a large JPEG may be decoded smaller, see decode_side)
-    icc: bytes | None
-    format: str  # Pillow's format name of the input (JPEG, PNG, ...)
-    width: int  # the input's full size, EXIF orientation applied
-    height: int
-    alpha: np.ndarray | None = None  # the input's alpha plane (HxW), for pipeline.writer.with_alpha
 
 
 def decode_side(info: ModelInfo) -> int | None:
@@ -38,13 +27,16 @@ def decode_side(info: ModelInfo) -> int | None:
     return (info.input_size or None) if info.role == "encoder" else None
 
 
-def decode_for(data: bytes, info: ModelInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode image bytes for a model exactly as pipeline.reader.read_input does (raises ImageDecodeError)."""
+def decode_for(source: bytes | str | os.PathLike, info: ModelInfo,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """The one decode of a model's input, from a file (the batch job, search) or bytes (the API).
+
+    One open of the bytes (pixels, ICC profile, format, full size); an encoder's input at decode_side's
+    scale and in its channels, an image2image model's in RGB with every pixel. Raises ImageDecodeError.
+    """
+    data = source if isinstance(source, bytes) else read_bytes(os.fspath(source))
     channels = info.channels if info.role == "encoder" else 3
-    image, alpha = decode_image_alpha(data, channels=channels, max_pixels=max_pixels, min_side=decode_side(info))
-    header = open_image(data, max_pixels)  # header only: the ICC profile, format and full size, as read_input
-    w, h = display_size(header)
-    return DecodedImage(image, header.info.get("icc_profile"), header.format or "", w, h, alpha)
+    return decode_with_header(data, channels=channels, max_pixels=max_pixels, min_side=decode_side(info))
 
 
 def image2image(predictor: Predictor, images: list[np.ndarray], tile: int = 512,

@@ -1,4 +1,4 @@
-"""The reader: stream the input folder, plan what to do per file, read and decode images inside the workers."""
+"""The reader: stream the input folder, plan what to do per file, read a file's bytes inside the workers."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
-from aeflow.imageio import decode_with_header, iter_image_entries
+from aeflow.imageio import iter_image_entries
 
 
 @dataclass
@@ -62,23 +60,6 @@ def read_bytes(path: str) -> bytes:
         raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-
-
-def read_input(path: str, channels: int = 3, min_side: int | None = None) \
-        -> tuple[np.ndarray, bytes | None, np.ndarray | None, tuple[int, int]]:
-    """Read and decode a file: (image composited on white, ICC profile, alpha plane or None, input (w, h)).
-
-    min_side: encoders pass their S so that a large JPEG decodes smaller (aeflow.imageio._draft); the input
-    size returned is still the file's full size (EXIF orientation applied), as the manifest records it.
-    """
-    image, alpha, icc, size = decode_with_header(read_bytes(path), channels=channels, min_side=min_side)
-    return image, icc, alpha, size
-
-
-def read_decode(path: str, channels: int = 3, min_side: int | None = None) -> tuple[np.ndarray, bytes | None]:
-    """Read a file and decode it (EXIF orientation, mode normalised, bombs refused); also return its ICC profile."""
-    image, icc, _, _ = read_input(path, channels, min_side)
-    return image, icc
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline import inference
 from pipeline.manifest import make_row
 from pipeline.predictor import ModelInfo, Predictor
-from pipeline.reader import Task, read_input
+from pipeline.reader import Task
 from pipeline.writer import OutputSpaceError, write_image
 
 # Alpha: the model sees the image composited on white; the input's alpha plane is put back on PNG/WebP/TIFF
@@ -48,13 +48,13 @@ class _Decoded:
 
 
 def _decode(t: Task, info: ModelInfo, t0: float) -> _Decoded:
-    encoder = info.role == "encoder"
-    img, icc, alpha, (w, h) = read_input(t.path, info.channels if encoder else 3, inference.decode_side(info))
-    if encoder:
+    d = inference.decode_for(t.path, info)
+    img, alpha = d.image, d.alpha
+    if info.role == "encoder":
         # cropped now, so a batch holds S×S arrays rather than whole decodes (a PNG is never drafted, and embed
         # batches are large); inference.embed's own crop of an S×S array is the identity, vectors are unchanged
         img, alpha = inference.encoder_input(img, info), None
-    return _Decoded(t, img, icc, alpha, time.perf_counter() - t0, w, h)
+    return _Decoded(t, img, d.icc, alpha, time.perf_counter() - t0, d.width, d.height)
 
 
 def _err(exc: BaseException) -> str:

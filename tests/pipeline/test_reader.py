@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pipeline_models import photo, save
 
-from aeflow.imageio import fit_square
-from pipeline.reader import PlanSettings, Task, iter_inputs, plan, read_decode
+from aeflow.imageio import decode_with_header, fit_square
+from pipeline.reader import PlanSettings, Task, iter_inputs, plan, read_bytes
 
 
 def test_listing_is_a_stream_and_excludes_out_dir(tmp_path):
@@ -55,8 +55,9 @@ def test_center_square_and_decode(tmp_path):
     assert sq.shape == (8, 8, 3) and sq.dtype == np.uint8
     assert fit_square(photo(8, 8), 8).shape == (8, 8, 3)
     p = save(tmp_path / "g.png", img[..., 0])
-    a, icc = read_decode(str(p), 1)
-    assert a.shape == (30, 60, 1) and icc is None
+    d = decode_with_header(read_bytes(str(p)), 1)
+    a = d.image
+    assert a.shape == (30, 60, 1) and d.icc is None and d.format == "PNG" and (d.width, d.height) == (60, 30)
     assert fit_square(a, 8).shape == (8, 8, 1)
     squashed = fit_square(img, 8, "squash")  # the whole 30x60 image in 8x8: both halves are kept
     assert squashed.shape == (8, 8, 3) and not np.array_equal(squashed, sq)
@@ -65,7 +66,9 @@ def test_center_square_and_decode(tmp_path):
 
 
 def test_encoder_read_drafts_large_jpegs_close_to_the_full_decode(tmp_path):
-    from pipeline.reader import read_input
+    def read_input(path, channels, min_side=None):
+        d = decode_with_header(read_bytes(path), channels, min_side=min_side)
+        return d.image, d.icc, d.alpha, (d.width, d.height)
 
     p = save(tmp_path / "big.jpg", photo(1024, 1024, 3), quality=90)
     full, _, _, size = read_input(str(p), 3)  # image2image reads: every pixel
