@@ -1,12 +1,27 @@
-"""Per-job defaults shared by `aeflow <job>`, pipeline.runner.JobConfig and the Prefect flows (imports nothing)."""
+"""The jobs and their defaults, read by `aeflow <job>`, the runner, the API and the Prefect flows (imports nothing)."""
+from __future__ import annotations
 
-# The model each job runs when --model is not given (the CLI, the API, the flows and the runner read this one).
-DEFAULT_MODELS = {"denoise": "denoise", "upscale": "upscale-x2", "embed": "ae"}
+from typing import NamedTuple
 
-# Inputs per batch (one worker call; for encoders also one model call). An encoder's input is a tiny S×S crop,
-# so at 8 the per-batch overhead (Ray round trip, manifest write, driver bookkeeping) outweighs the work;
-# image2image batches hold whole images and their activations, so they stay small.
-DEFAULT_BATCH_SIZE = {"denoise": 8, "upscale": 8, "embed": 64}
+
+class Job(NamedTuple):
+    """One batch job: the role its model must have, the model it runs without --model, inputs per batch."""
+
+    role: str        # aeflow.role of the model's graph: image2image | encoder
+    model: str       # default store spec (the CLI, the API, the flows and the runner read this one)
+    batch_size: int  # one worker call; for encoders also one model call
+
+
+# An encoder's input is a tiny S×S crop, so at 8 per batch the overhead (Ray round trip, manifest write, driver
+# bookkeeping) outweighs the work; image2image batches hold whole images and their activations: they stay small.
+JOBS = {
+    "denoise": Job("image2image", "denoise", 8),
+    "upscale": Job("image2image", "upscale-x2", 8),
+    "embed": Job("encoder", "ae", 64),
+}
+JOB_ROLES = {name: j.role for name, j in JOBS.items()}
+DEFAULT_MODELS = {name: j.model for name, j in JOBS.items()}
+DEFAULT_BATCH_SIZE = {name: j.batch_size for name, j in JOBS.items()}
 
 # Engines of a batch job. auto: in-process while the job is shorter than a local Ray's start-up, else local Ray
 # with the driver working until the actors are up (pipeline/auto_runner.py); an --address means Ray.

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, PRECISIONS, RUNNERS
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, JOB_ROLES, PRECISIONS, RUNNERS
 from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
 from pipeline.predictor import DEVICES, JobConfigError, ModelInfo, resolve_device
 from pipeline.reader import PlanSettings, Task, plan
@@ -20,7 +20,6 @@ from pipeline.writer import FULL_DISK, OUTPUT_FORMATS, OutputSpaceError
 
 log = logging.getLogger(__name__)
 
-JOB_ROLES = {"denoise": "image2image", "upscale": "image2image", "embed": "encoder"}
 EMBED_FLUSH_ROWS = 1024  # vectors buffered on the driver before they become one durable part
 EMBED_FLUSH_S = 30.0
 FAILURES_SAMPLE = 10

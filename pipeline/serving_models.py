@@ -12,11 +12,13 @@ from ray import serve  # this module is only imported where Serve runs
 
 from aeflow.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
 from pipeline import inference
+from pipeline.defaults import JOB_ROLES
 from pipeline.writer import ALPHA_SUFFIXES, encode_image, with_alpha
 
 log = logging.getLogger(__name__)
 
-ROLES = {"denoise": "image2image", "upscale": "image2image", "embed": "encoder", "search": "encoder"}
+# the API's routes and the role each one's model must have: the jobs', and /search answers with the embed model
+ROLES = {**JOB_ROLES, "search": JOB_ROLES["embed"]}
 
 
 @dataclass
