@@ -67,21 +67,15 @@ def build_set(photos: Path, work: Path, seed: int = 0) -> tuple[list[str], list[
 
 def scores(sim: np.ndarray, copies: list[tuple[str, int, str]]) -> dict:
     """Recall@1 (overall and per edit), mAP and recall at 90% precision from a copies × originals similarity."""
+    from models.evaluate import recall_at_precision
+
     truth = np.array([c[1] for c in copies])
     true_sim = sim[np.arange(len(copies)), truth]
     rank = (sim > true_sim[:, None]).sum(1)  # originals scored above the true one
     hit = rank == 0
     per_edit = {e: float(hit[[c[2] == e for c in copies]].mean()) for e in EDITS}
     # one global threshold over every (copy, original) pair: the best recall whose precision stays >= 0.9
-    flat = sim.ravel()
-    pos = np.zeros(sim.shape, bool)
-    pos[np.arange(len(copies)), truth] = True
-    order = np.argsort(-flat, kind="stable")
-    tp = np.cumsum(pos.ravel()[order])
-    precision = tp / np.arange(1, len(order) + 1)
-    ok = precision >= 0.9
-    recall90 = float(tp[ok].max() / len(copies)) if ok.any() else 0.0
-    thr = float(flat[order][np.flatnonzero(ok)[tp[ok].argmax()]]) if ok.any() else None
+    recall90, thr = recall_at_precision(sim, truth, 0.9)  # the photo-ae card's own metric, same code
     return {"recall_at_1": float(hit.mean()), "map": float(np.mean(1.0 / (rank + 1))), "recall_at_p90": recall90,
             "threshold_at_p90": thr, "per_edit_recall_at_1": per_edit}
 

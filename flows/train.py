@@ -52,7 +52,8 @@ def train_flow(kind: str, data: str = "builtin:photos", epochs: int = 10, batch_
                size: str = "small", limit: int | None = None, seed: int = 0, device: str = "auto",
                patience: int = 3, sigma_min: float = 5.0, sigma_max: float = 50.0, val_fraction: float = 0.1,
                beta: float = 1.0, synthetic: int = 0, lr_schedule: str = "constant",
-               dilation: int | None = None, prior: str = "gaussian", store: str | None = None, name: str | None = None,
+               dilation: int | None = None, prior: str = "gaussian", contrast: float = 0.1, store: str | None = None,
+               name: str | None = None,
                workdir: str | None = None, promote: bool = True) -> dict:
     """Train a model, register it as the next version and promote it if it passes the gate."""
     import tempfile
@@ -65,7 +66,7 @@ def train_flow(kind: str, data: str = "builtin:photos", epochs: int = 10, batch_
                              steps_per_epoch=steps_per_epoch, size=size, limit=limit, seed=seed,
                              device=device, patience=patience, sigma_min=sigma_min, sigma_max=sigma_max,
                              val_fraction=val_fraction, beta=beta, synthetic=synthetic,
-                             lr_schedule=lr_schedule, dilation=dilation, prior=prior)
+                             lr_schedule=lr_schedule, dilation=dilation, prior=prior, contrast=contrast)
     name = name or default_name(kind, scale)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"aeflow-train-{name}-"))
     shutil.rmtree(work / "train", ignore_errors=True)  # only a failed try of THIS run may be resumed

@@ -185,6 +185,43 @@ def latent_manifold(model, path: Path, n: int = MANIFOLD_N) -> str:
     return _save(fig, path)
 
 
+def copy_search(model, ds, path: Path, seed: int = 0, queries: int = 6, shown: int = 4) -> str:
+    """Edited copies of validation photos (left) and the originals nearest to each, with cosine similarity.
+
+    The originals are every validation photo and its four quarters (the card's copy metric); the true
+    original is framed green, others red.
+    """
+    import torch
+
+    from aeflow.imageio import fit_square
+    from models.evaluate import _whole_and_quarters
+    from models.views import edited
+
+    size, fit = model.cfg.input_size, model.cfg.fit
+    rng = np.random.default_rng([seed, 47])
+    pieces = [p for im in ds.val for p in _whole_and_quarters(im)]
+    originals = np.stack([fit_square(p, size, fit) for p in pieces])
+    picks = rng.choice(np.arange(0, len(pieces), 5), size=min(queries, len(ds.val)), replace=False)
+    copies = np.stack([edited(pieces[i], rng, size, fit) for i in picks])
+    with torch.no_grad():
+        enc = lambda a: model.encode(torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0).numpy()  # noqa: E731
+        zo, zc = enc(originals), enc(copies)
+    sims = zc @ zo.T
+    fig = _figure(1.6 * (shown + 1), 1.8 * len(picks))
+    axes = fig.subplots(len(picks), shown + 1, squeeze=False)
+    for r, (q, i) in enumerate(zip(copies, picks)):
+        _show(axes[r][0], q, "edited copy")
+        for c, j in enumerate(np.argsort(-sims[r])[:shown], start=1):
+            ax = axes[r][c]
+            _show(ax, originals[j])
+            ax.set_title(f"{sims[r, j]:.3f}", fontsize=9)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("green" if j == i else "red")
+                spine.set_linewidth(3)
+    fig.suptitle("photo-ae: nearest originals of edited copies (validation photos and their quarters)")
+    return _save(fig, path)
+
+
 def make_pictures(checkpoint: Path, out_dir: Path, data: str | None = None, seed: int = 0,
                   limit: int | None = None) -> list[str]:
     """Write the model's pictures into out_dir; returns the paths written."""
@@ -199,6 +236,8 @@ def make_pictures(checkpoint: Path, out_dir: Path, data: str | None = None, seed
     history = load_checkpoint(checkpoint).get("history") or []
     if history:
         files.append(training_curves(history, out_dir / "training_curves.png", kind))
+    if kind == "photo-ae":
+        files.append(copy_search(model, ds, out_dir / "copy_search.png", seed))
     if kind in ("vae", "conv-vae", "aae") and model.cfg.latent_dim == 2:
         files.append(latent_scatter(model, ds, out_dir / "latent_scatter.png"))
         files.append(latent_manifold(model, out_dir / "latent_manifold.png"))

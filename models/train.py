@@ -24,7 +24,6 @@ DIGIT_DATA = ("builtin:mnist", "builtin:digits")
 VAL_PATCHES = 64  # fixed validation patches for image models: enough for a stable loss, cheap on a CPU
 # photo-ae: the contrastive term between two edited views of one crop, beside their reconstruction loss
 # (InfoNCE, Oord et al. 2018; the weight keeps it an autoencoder: reconstruction still dominates the gradient)
-PHOTO_NCE_WEIGHT = 0.1
 PHOTO_NCE_TEMPERATURE = 0.1
 
 
@@ -54,6 +53,7 @@ class TrainSettings:
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs, step by step)
     dilation: int | None = None    # denoise: max dilation of the convs (IRCNN ramp); None: the size preset's
     prior: str = "gaussian"        # aae: gaussian | mixture (10 on a circle) | mixture-labels (one per class)
+    contrast: float = 0.1          # photo-ae: weight of the InfoNCE term between two edited views
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -68,6 +68,8 @@ class TrainSettings:
             raise ValueError(f"--prior applies to aae only, not to {self.kind}")
         if self.dilation is not None and (self.kind != "denoise" or self.dilation < 1):
             raise ValueError("--dilation applies to denoise only and must be >= 1")
+        if self.contrast < 0 or (self.contrast != 0.1 and self.kind != "photo-ae"):
+            raise ValueError("--contrast applies to photo-ae only and must be >= 0")
         if self.synthetic < 0:
             raise ValueError("synthetic must be >= 0")
         if self.synthetic and self.kind not in PATCH_KINDS:
@@ -151,7 +153,7 @@ def to_tensor(a: np.ndarray, device: str):
     return torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def compute_loss(model, kind: str, inp, target, beta: float = 1.0):
+def compute_loss(model, kind: str, inp, target, beta: float = 1.0, contrast: float = 0.1):
     """The training loss of one batch (a scalar tensor).
 
     denoise and upscale: MSE, which is what PSNR measures (DnCNN trains with it). L1 (EDSR's choice) was
@@ -174,7 +176,7 @@ def compute_loss(model, kind: str, inp, target, beta: float = 1.0):
         # (an autoencoder that undoes the edits), both are encoded for the contrastive term.
         r1, z1 = model(inp[0])
         z2 = model.encode(inp[1])
-        return F.mse_loss(r1, target) + PHOTO_NCE_WEIGHT * info_nce(z1, z2, PHOTO_NCE_TEMPERATURE)
+        return F.mse_loss(r1, target) + contrast * info_nce(z1, z2, PHOTO_NCE_TEMPERATURE)
     from models.losses import vae_loss
 
     x_hat, mu, logvar = model(inp)
@@ -366,7 +368,7 @@ def train_step(model, optimizer, settings: TrainSettings, inp, target) -> dict[s
         from models.adversarial import train_step as aae_step
 
         return aae_step(model, optimizer, inp, target)
-    loss = compute_loss(model, settings.kind, inp, target, settings.beta)
+    loss = compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -408,6 +410,6 @@ def evaluate_loss(model, settings: TrainSettings, batches) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for inp, target in batches:
-            total += float(compute_loss(model, settings.kind, inp, target, settings.beta)) * len(inp)
+            total += float(compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast)) * len(inp)
             n += len(inp)
     return total / max(n, 1)

@@ -24,6 +24,7 @@ _HELP = {
     "synthetic": "denoise/upscale: add this many generated dead-leaves images to the training split",
     "lr_schedule": "constant, or cosine decay to 0 over all epochs",
     "dilation": "denoise: dilate the convs 1,2,..,N,..,2,1 (wider receptive field, same cost)",
+    "contrast": "photo-ae: weight of the contrastive (InfoNCE) term between two edited views",
 }
 
 

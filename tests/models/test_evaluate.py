@@ -45,9 +45,10 @@ def test_metrics_have_the_main_metric_and_are_finite(tiny_runs, kind):
         assert m["noisy_psnr_15"] > m["noisy_psnr_25"] > m["noisy_psnr_50"]  # more noise, lower PSNR
     elif kind == "upscale":
         assert m["psnr_gain"] == pytest.approx(m["psnr_y"] - m["bicubic_psnr_y"])
-    elif kind == "photo-ae":  # 2 validation photos, 6 edited copies of each searched among them
-        assert m["copy_originals"] == 2 and m["copy_queries"] == 12 and m["recon_mse"] > 0
-        assert 0 <= m["copy_recall_at_1"] <= 1 and m["copy_recall_at_5"] == 1.0  # fewer than 5 originals
+    elif kind == "photo-ae":  # 2 validation photos and their quarters, 6 edited copies of each searched among them
+        assert m["copy_originals"] == 10 and m["copy_queries"] == 60 and m["recon_mse"] > 0
+        assert 0 <= m["copy_recall_at_1"] <= m["copy_recall_at_5"] <= 1
+        assert 0 <= m["copy_recall_at_p90"] <= 1 and m["copy_recall_at_p90"] == m[key]
     elif kind == "ae":
         assert 0 <= m["knn_acc"] <= 1 and 0 <= m["pca_knn_acc"] <= 1 and m["pca_dim"] == 4
         assert m["recon_mse"] > 0
@@ -77,10 +78,26 @@ def test_y_channel():
     ("denoise", {"reconstructions.png", "training_curves.png"}),
     ("vae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
     ("aae", {"reconstructions.png", "training_curves.png", "latent_scatter.png", "latent_manifold.png"}),
-    ("photo-ae", {"reconstructions.png", "training_curves.png"}),
+    ("photo-ae", {"reconstructions.png", "training_curves.png", "copy_search.png"}),
 ])
 def test_pictures_are_pngs(tiny_runs, tmp_path, kind, expected):
     files = make_pictures(tiny_runs[kind], tmp_path)
     assert {p.split("/")[-1] for p in files} == expected
     for p in files:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recall_at_precision_picks_the_global_threshold_that_keeps_90_percent_true():
+    from models.evaluate import recall_at_precision
+
+    # 10 queries, 3 originals; query i is a copy of original i % 3
+    source = np.arange(10) % 3
+    sims = np.full((10, 3), 0.1)
+    sims[np.arange(10), source] = np.linspace(0.95, 0.5, 10)  # true pairs, best first
+    sims[9, (source[9] + 1) % 3] = 0.88  # one false pair scores high, another just above the last true pair
+    sims[0, 1] = 0.52
+    recall, thr = recall_at_precision(sims, source, 0.9)
+    # down to 0.55: 9 true of 10 reported; at 0.5 the tenth true pair comes with the second false one (10/12)
+    assert recall == 0.9 and thr == pytest.approx(sims[8, source[8]])
+    assert recall_at_precision(sims, source, 1.0) == (0.2, pytest.approx(sims[1, source[1]]))
+    assert recall_at_precision(np.zeros((2, 2)) + np.eye(2)[::-1], np.arange(2), 0.9) == (0.0, None)

@@ -90,3 +90,11 @@ def test_resume_continues_at_the_next_epoch(tmp_path):
 def test_vae_loss_decreases_on_digits(tmp_path):
     r = train_model(TrainSettings(kind="vae", epochs=2, lr=3e-3, **TINY_DIGITS), tmp_path, progress=False)
     assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
+
+
+def test_contrast_is_a_photo_ae_setting():
+    assert TrainSettings(kind="photo-ae", contrast=0.5).contrast == 0.5
+    with pytest.raises(ValueError, match="--contrast"):
+        TrainSettings(kind="ae", contrast=0.5)
+    with pytest.raises(ValueError, match="--contrast"):
+        TrainSettings(kind="photo-ae", contrast=-1)
