@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from aeflow.errors import UsageError
 from flows.report import artifact_key, dedup_markdown, job_markdown, search_markdown
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER
+from pipeline.runner import JobConfig
 
 # Usage and configuration errors (the store's, the data's, the embeddings' included) and bad arguments are not
 # transient: retrying them only delays the message.
@@ -24,15 +25,10 @@ def _is_transient(task, task_run, state) -> bool:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_is_transient)
-def run_job_task(job: str, in_dir: str, out_dir: str, model: str, store: str | None, device: str,
-                 address: str | None, batch_size: int, workers: int | None, format: str, overwrite: bool,
-                 runner: str, tile: int) -> dict:
+def run_job_task(cfg: JobConfig) -> dict:
     """Run one whole batch job; a retry resumes where it stopped (jobs skip files already done)."""
-    from pipeline.runner import JobConfig, run_job
+    from pipeline.runner import run_job
 
-    cfg = JobConfig(job=job, in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
-                    address=address, batch_size=batch_size, workers=workers, format=format,
-                    overwrite=overwrite, runner=runner, tile=tile, progress=True)
     summary = run_job(cfg)
     summary["failures"] = failures_of(summary)
     return summary
@@ -75,13 +71,11 @@ def dedup_task(out_dir: str, threshold: float | None, k: int, store: str | None)
     return find_groups(out_dir, threshold=threshold, k=k, store=store, progress=False)
 
 
-def _batch(job: str, in_dir: str, out_dir: str, model: str, store: str | None, device: str,
-           address: str | None, batch_size: int, workers: int | None, format: str, overwrite: bool,
-           runner: str, tile: int) -> dict:
-    summary = run_job_task(job, in_dir, out_dir, model, store, device, address, batch_size, workers, format,
-                           overwrite, runner, tile)
-    create_markdown_artifact(job_markdown(job, model, in_dir, out_dir, summary),
-                             key=f"{job}-{artifact_key(out_dir)[-40:].strip('-')}", description=f"{job} summary")
+def _batch(cfg: JobConfig) -> dict:
+    summary = run_job_task(cfg)
+    create_markdown_artifact(job_markdown(cfg.job, cfg.model, str(cfg.in_dir), str(cfg.out_dir), summary),
+                             key=f"{cfg.job}-{artifact_key(str(cfg.out_dir))[-40:].strip('-')}",
+                             description=f"{cfg.job} summary")
     return summary
 
 
@@ -89,20 +83,22 @@ def _batch(job: str, in_dir: str, out_dir: str, model: str, store: str | None, d
 def denoise_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["denoise"], store: str | None = None,
                  device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["denoise"],
                  workers: int | None = None, format: str = "same", overwrite: bool = False,
-                 runner: str = DEFAULT_RUNNER, tile: int = 512) -> dict:
+                 runner: str = DEFAULT_RUNNER, tile: int = 512, precision: str = "auto") -> dict:
     """Denoise every image under in_dir into out_dir (incremental)."""
-    return _batch("denoise", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
-                  overwrite, runner, tile)
+    return _batch(JobConfig(job="denoise", in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
+                            address=address, batch_size=batch_size, workers=workers, format=format,
+                            overwrite=overwrite, runner=runner, tile=tile, precision=precision))
 
 
 @flow(name="upscale", flow_run_name="upscale-{model}", log_prints=True)
 def upscale_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["upscale"], store: str | None = None,
                  device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["upscale"],
                  workers: int | None = None, format: str = "same", overwrite: bool = False,
-                 runner: str = DEFAULT_RUNNER, tile: int = 512) -> dict:
+                 runner: str = DEFAULT_RUNNER, tile: int = 512, precision: str = "auto") -> dict:
     """Upscale every image under in_dir into out_dir (incremental)."""
-    return _batch("upscale", in_dir, out_dir, model, store, device, address, batch_size, workers, format,
-                  overwrite, runner, tile)
+    return _batch(JobConfig(job="upscale", in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
+                            address=address, batch_size=batch_size, workers=workers, format=format,
+                            overwrite=overwrite, runner=runner, tile=tile, precision=precision))
 
 
 @flow(name="embed", flow_run_name="embed-{model}", log_prints=True)
@@ -110,10 +106,11 @@ def embed_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["embed"], 
                device: str = "auto", address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE["embed"],
                workers: int | None = None, overwrite: bool = False, runner: str = DEFAULT_RUNNER, index: bool = True,
                rebuild_index: bool = False, query: str | None = None, k: int = 5, dedup: bool = False,
-               dedup_threshold: float | None = None) -> dict:
+               dedup_threshold: float | None = None, precision: str = "auto") -> dict:
     """Embed every image under in_dir, build the index, optionally search it and group duplicates (dedup)."""
-    summary = _batch("embed", in_dir, out_dir, model, store, device, address, batch_size, workers, "same",
-                     overwrite, runner, 512)
+    summary = _batch(JobConfig(job="embed", in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
+                               address=address, batch_size=batch_size, workers=workers, overwrite=overwrite,
+                               runner=runner, precision=precision))
     result = {"job": summary}
     if index:
         result["index"] = build_index_task(out_dir, rebuild_index)

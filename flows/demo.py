@@ -53,13 +53,14 @@ def demo_flow(workdir: str, mode: str = "full", runner: str = "ray", device: str
     """Train and promote denoise, upscale x2 and ae, then denoise, upscale and embed the sample folders."""
     from flows.batch import denoise_flow, embed_flow, upscale_flow
     from flows.train import train_flow
+    from models.train import TrainSettings
 
     work, store = Path(workdir), str(Path(workdir) / "store")
     trained = {}
     for kind, budget in BUDGETS[mode].items():
         data = {"data": ae_data} if kind == "ae" else {}
-        trained[kind] = train_flow(kind=kind, store=store, workdir=str(work / "train" / kind), device=device,
-                                   promote=True, **data, **budget)
+        settings = TrainSettings(kind=kind, device=device, **data, **budget)
+        trained[kind] = train_flow(settings, store=store, workdir=str(work / "train" / kind), promote=True)
     jobs = dict(store=store, device=device, runner=runner, batch_size=4)
     out = work / "outputs"
     started_ray = False

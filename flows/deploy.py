@@ -1,8 +1,9 @@
 """Deployments and schedules (never inside flow bodies): a nightly embed, a weekly retrain + promote, on-demand jobs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
+from models.train import TrainSettings
 from pipeline.defaults import DEFAULT_MODELS
 
 OVERLAP = {"enqueue": "ENQUEUE", "cancel-new": "CANCEL_NEW"}
@@ -18,13 +19,10 @@ class ServeSettings:
     embed_model: str = DEFAULT_MODELS["embed"]
     embed_cron: str = "0 2 * * *"
     embed_interval: float | None = None
-    retrain_kind: str | None = "denoise"  # None: no scheduled retrain
+    # the weekly retrain: the settings `aeflow train` would use (None: no scheduled retrain)
+    retrain: TrainSettings | None = field(default_factory=lambda: TrainSettings(kind="denoise", epochs=10))
     retrain_cron: str = "0 3 * * 0"
     retrain_interval: float | None = None
-    retrain_data: str = "builtin:photos"
-    retrain_epochs: int = 10
-    retrain_steps: int = 100
-    retrain_size: str = "small"
     runner: str = "auto"                  # pipeline.defaults.DEFAULT_RUNNER
     address: str | None = None
     device: str = "auto"
@@ -66,13 +64,12 @@ def build_deployments(s: ServeSettings) -> list:
             "nightly-embed", schedule=_schedule(s.embed_cron, s.embed_interval, s.timezone),
             parameters=dict(in_dir=s.embed_dir, out_dir=s.embed_out, model=s.embed_model, **jobs),
             description=f"embed new images under {s.embed_dir} and rebuild the index", **common))
-    if s.retrain_kind:
+    if s.retrain:
+        kind = s.retrain.kind
         out.append(train_flow.to_deployment(
-            f"weekly-retrain-{s.retrain_kind}", schedule=_schedule(s.retrain_cron, s.retrain_interval, s.timezone),
-            parameters=dict(kind=s.retrain_kind, data=s.retrain_data, epochs=s.retrain_epochs,
-                            steps_per_epoch=s.retrain_steps, size=s.retrain_size, store=s.store,
-                            device=s.device, promote=True),
-            description=f"retrain {s.retrain_kind} and promote it if it beats production", **common))
+            f"weekly-retrain-{kind}", schedule=_schedule(s.retrain_cron, s.retrain_interval, s.timezone),
+            parameters=dict(settings=asdict(s.retrain), store=s.store, promote=True),
+            description=f"retrain {kind} and promote it if it beats production", **common))
     if s.on_demand:
         out.append(train_flow.to_deployment("on-demand", parameters=dict(store=s.store), **common))
         for fl in (denoise_flow, upscale_flow, embed_flow):

@@ -116,8 +116,10 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
             trained_as, wall = ref.id, ref.card.get("training", {}).get("seconds")
             command = f"python -m flows.ship {name} --reuse {reuse}"
         else:
-            result = train_flow(**resolve_recipe(recipe, photos), name=name, store=store, device=device,
-                                promote=False)
+            from models.train import TrainSettings
+
+            settings = TrainSettings(**resolve_recipe(recipe, photos), device=device)
+            result = train_flow(settings, name=name, store=store, promote=False)
             ref = ModelStore(store, include_shipped=False).resolve(result["model"])
             trained_as, wall, command = result["model"], None, "python -m flows.ship " + name
         target = copy_shipped(ref.path, dest_root / name)

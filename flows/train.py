@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from aeflow.store import ModelStore
 from flows.report import artifact_key, promotion_markdown
 from models.promotion import gate
+from models.train import TrainSettings
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -46,28 +47,26 @@ def promote_task(store: str | None, name: str, version: int) -> None:
     ModelStore(store).set_alias(name, "production", version)
 
 
-@flow(name="train", flow_run_name="train-{kind}", log_prints=True)
-def train_flow(kind: str, data: str = "builtin:photos", epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
-               latent_dim: int | None = None, scale: int = 2, patch_size: int = 48, steps_per_epoch: int = 100,
-               size: str = "small", limit: int | None = None, seed: int = 0, device: str = "auto",
-               patience: int = 3, sigma_min: float = 5.0, sigma_max: float = 50.0, val_fraction: float = 0.1,
-               beta: float = 1.0, synthetic: int = 0, lr_schedule: str = "constant",
-               dilation: int | None = None, prior: str = "gaussian", contrast: float = 0.1, store: str | None = None,
-               name: str | None = None,
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    s = flow_run.parameters.get("settings")
+    return f"train-{s.get('kind') if isinstance(s, dict) else getattr(s, 'kind', '?')}"
+
+
+@flow(name="train", flow_run_name=_run_name, log_prints=True)
+def train_flow(settings: TrainSettings, store: str | None = None, name: str | None = None,
                workdir: str | None = None, promote: bool = True) -> dict:
-    """Train a model, register it as the next version and promote it if it passes the gate."""
+    """Train a model, register it as the next version and promote it if it passes the gate.
+
+    `settings` is what `aeflow train KIND` builds from its options (every field is a parameter of the run).
+    """
     import tempfile
 
     from models.build import default_name
-    from models.train import TrainSettings
 
-    settings = TrainSettings(kind=kind, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
-                             latent_dim=latent_dim, scale=scale, patch_size=patch_size,
-                             steps_per_epoch=steps_per_epoch, size=size, limit=limit, seed=seed,
-                             device=device, patience=patience, sigma_min=sigma_min, sigma_max=sigma_max,
-                             val_fraction=val_fraction, beta=beta, synthetic=synthetic,
-                             lr_schedule=lr_schedule, dilation=dilation, prior=prior, contrast=contrast)
-    name = name or default_name(kind, scale)
+    kind, data, seed, limit = settings.kind, settings.data, settings.seed, settings.limit
+    name = name or default_name(kind, settings.scale)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"aeflow-train-{name}-"))
     shutil.rmtree(work / "train", ignore_errors=True)  # only a failed try of THIS run may be resumed
     result = train_task(settings, work / "train")

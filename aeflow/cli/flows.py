@@ -99,13 +99,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
     _prefect_env()
     from flows.deploy import ServeSettings, serve
+    from models.train import TrainSettings
 
     abspath = lambda p: os.path.abspath(p) if p else None  # noqa: E731 - runs start in other folders
+    retrain = None if args.retrain_kind == "none" else TrainSettings(
+        kind=args.retrain_kind, data=args.retrain_data, epochs=args.retrain_epochs,
+        steps_per_epoch=args.retrain_steps, size=args.retrain_size, device=args.device)
     serve(ServeSettings(
         store=abspath(args.store), embed_dir=abspath(args.embed_dir), embed_out=abspath(args.embed_out),
         embed_model=args.embed_model, embed_cron=args.cron, embed_interval=args.embed_interval,
-        retrain_kind=None if args.retrain_kind == "none" else args.retrain_kind, retrain_cron=args.retrain_cron,
-        retrain_interval=args.retrain_interval, retrain_data=args.retrain_data, retrain_epochs=args.retrain_epochs,
-        retrain_steps=args.retrain_steps, retrain_size=args.retrain_size, runner=args.runner, address=args.address,
+        retrain=retrain, retrain_cron=args.retrain_cron, retrain_interval=args.retrain_interval,
+        runner=args.runner, address=args.address,
         device=args.device, timezone=args.timezone, on_overlap=args.on_overlap, on_demand=args.on_demand))
     return 0

@@ -42,6 +42,10 @@ def test_demo_rerun_is_incremental(demo_run, prefect_api, tmp_path):
     out = work / "outputs" / "denoised"
     summary = denoise_flow(str(work / "samples" / "noisy"), str(out), store=str(work / "store"), runner="local")
     assert summary["counts"]["ok"] == 0 and summary["counts"]["skipped"] == 6
+    # every setting of `aeflow denoise` reaches the job, the graph's precision included
+    fp32 = denoise_flow(str(work / "samples" / "noisy"), str(tmp_path / "fp32"), store=str(work / "store"),
+                        runner="local", precision="fp32", format="png")
+    assert fp32["precision"] == "fp32" and fp32["counts"]["ok"] == 6
 
 
 def test_a_second_demo_rebuilds_the_index_for_its_new_ae(demo_run, prefect_api, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from flows.deploy import ServeSettings, build_deployments
+from models.train import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,14 +27,15 @@ def test_served_deployments_have_schedules_parameters_and_limit_one(tmp_path):
     assert [sc.schedule.cron for sc in nightly.schedules] == ["0 2 * * *"]
     assert [sc.schedule.cron for sc in retrain.schedules] == ["0 3 * * 0"]
     assert nightly.parameters["in_dir"] == str(tmp_path) and nightly.parameters["runner"] == "local"
-    assert retrain.parameters["promote"] is True and retrain.parameters["kind"] == "denoise"
+    assert retrain.parameters["promote"] is True and retrain.parameters["settings"]["kind"] == "denoise"
+    assert TrainSettings(**retrain.parameters["settings"]) == ServeSettings().retrain  # what `aeflow train` takes
     for d in deps.values():
         assert d.concurrency_limit == 1 or d.concurrency_limit.limit == 1
         assert d.entrypoint.startswith("flows.")  # module path: works from any working directory
 
 
 def test_interval_schedules_and_switches():
-    s = ServeSettings(embed_dir="/in", embed_out="/o", embed_interval=5, retrain_kind=None, on_demand=False)
+    s = ServeSettings(embed_dir="/in", embed_out="/o", embed_interval=5, retrain=None, on_demand=False)
     (only,) = build_deployments(s)
     assert only.name == "nightly-embed" and only.schedules[0].schedule.interval.total_seconds() == 5
     with pytest.raises(ValueError, match="both"):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from models.train import TrainSettings
+
 TINY = dict(kind="denoise", epochs=1, steps_per_epoch=2, batch_size=4, patch_size=24, size="tiny", limit=3,
             device="cpu")
 
@@ -36,7 +38,7 @@ def test_gate_refuses_worse_and_accepts_better(prefect_api, flow_run_artifacts, 
     results = []
     for run, value in enumerate((20.0, 19.0, 21.0), start=1):
         scores["new"] = value
-        state = train_flow(**TINY, store=store, workdir=str(tmp_path / f"w{run}"), return_state=True)
+        state = train_flow(TrainSettings(**TINY), store=store, workdir=str(tmp_path / f"w{run}"), return_state=True)
         results.append(state.result())
         scores[run] = value  # version `run` now lives in the store with this score
         assert state.is_completed()
@@ -71,13 +73,14 @@ def test_aae_trains_registers_and_gates_on_reconstruction_error(prefect_api, tmp
     from flows.train import train_flow
 
     tiny = dict(kind="aae", data="builtin:digits", epochs=1, size="tiny", limit=120, latent_dim=2,
-                prior="mixture-labels", device="cpu", store=str(tmp_path / "store"))
-    first = train_flow(**tiny, workdir=str(tmp_path / "w1"))
+                prior="mixture-labels", device="cpu")
+    store = str(tmp_path / "store")
+    first = train_flow(TrainSettings(**tiny), store=store, workdir=str(tmp_path / "w1"))
     assert first["promoted"] and first["model"] == "aae:1"
-    card = ModelStore(tiny["store"]).get("aae", 1).card
+    card = ModelStore(store).get("aae", 1).card
     assert card["settings"]["prior"] == "mixture-labels" and card["main_metric"]["name"] == "recon_mse"
     assert "prior_mmd" in card["metrics"] and "latent_manifold.png" in card["pictures"]
     # the second run scores both versions on the same data; lower reconstruction error wins
-    second = train_flow(**dict(tiny, epochs=3), workdir=str(tmp_path / "w2"))
+    second = train_flow(TrainSettings(**dict(tiny, epochs=3)), store=store, workdir=str(tmp_path / "w2"))
     gate, prod = second["gate_metrics"]["recon_mse"], second["production_metrics"]["recon_mse"]
     assert second["promoted"] == (gate <= prod) and "recon_mse" in second["reason"]
