@@ -1,6 +1,8 @@
 """Batch flows over a folder: denoise, upscale, embed (+ index and search); each job runs inside ONE task."""
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -71,6 +73,12 @@ def dedup_task(out_dir: str, threshold: float | None, k: int, store: str | None)
     return find_groups(out_dir, threshold=threshold, k=k, store=store, progress=False)
 
 
+def _job_config(job: str, params: dict) -> JobConfig:
+    """The JobConfig of a flow run: its parameters are JobConfig's fields under the same names (`aeflow JOB`'s)."""
+    fields = {f.name for f in dataclasses.fields(JobConfig)}
+    return JobConfig(job=job, **{k: v for k, v in params.items() if k in fields})
+
+
 def _batch(cfg: JobConfig) -> dict:
     summary = run_job_task(cfg)
     create_markdown_artifact(job_markdown(cfg.job, cfg.model, str(cfg.in_dir), str(cfg.out_dir), summary),
@@ -85,9 +93,7 @@ def denoise_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["denoise
                  workers: int | None = None, format: str = "same", overwrite: bool = False,
                  runner: str = DEFAULT_RUNNER, tile: int = 512, precision: str = "auto") -> dict:
     """Denoise every image under in_dir into out_dir (incremental)."""
-    return _batch(JobConfig(job="denoise", in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
-                            address=address, batch_size=batch_size, workers=workers, format=format,
-                            overwrite=overwrite, runner=runner, tile=tile, precision=precision))
+    return _batch(_job_config("denoise", locals()))
 
 
 @flow(name="upscale", flow_run_name="upscale-{model}", log_prints=True)
@@ -96,9 +102,7 @@ def upscale_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["upscale
                  workers: int | None = None, format: str = "same", overwrite: bool = False,
                  runner: str = DEFAULT_RUNNER, tile: int = 512, precision: str = "auto") -> dict:
     """Upscale every image under in_dir into out_dir (incremental)."""
-    return _batch(JobConfig(job="upscale", in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
-                            address=address, batch_size=batch_size, workers=workers, format=format,
-                            overwrite=overwrite, runner=runner, tile=tile, precision=precision))
+    return _batch(_job_config("upscale", locals()))
 
 
 @flow(name="embed", flow_run_name="embed-{model}", log_prints=True)
@@ -108,9 +112,7 @@ def embed_flow(in_dir: str, out_dir: str, model: str = DEFAULT_MODELS["embed"], 
                rebuild_index: bool = False, query: str | None = None, k: int = 5, dedup: bool = False,
                dedup_threshold: float | None = None, precision: str = "auto") -> dict:
     """Embed every image under in_dir, build the index, optionally search it and group duplicates (dedup)."""
-    summary = _batch(JobConfig(job="embed", in_dir=in_dir, out_dir=out_dir, model=model, store=store, device=device,
-                               address=address, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                               runner=runner, precision=precision))
+    summary = _batch(_job_config("embed", locals()))
     result = {"job": summary}
     if index:
         result["index"] = build_index_task(out_dir, rebuild_index)

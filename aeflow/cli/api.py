@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aeflow.cli._args import positive_int
+
 _DESCRIPTION = """Serve models over HTTP on Ray Serve (local Ray by default), bound to 127.0.0.1 unless told otherwise.
   curl --data-binary @noisy.jpg http://127.0.0.1:8000/denoise -o clean.jpg
   curl --data-binary @small.png 'http://127.0.0.1:8000/upscale?scale=2' -o big.png
@@ -23,7 +25,7 @@ def add_commands(sub) -> None:
     p.add_argument("--address", default=None,
                    help="Ray: 'local' (default; or $RAY_ADDRESS when set), 'auto', or HOST:PORT of a cluster")
     scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--replicas", type=_positive, default=1, help="replicas per model (default %(default)s)")
+    scale.add_argument("--replicas", type=positive_int, default=1, help="replicas per model (default %(default)s)")
     scale.add_argument("--autoscale", type=_min_max, default=None, metavar="MIN:MAX",
                        help="scale replicas per model between MIN and MAX with the load")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -35,24 +37,19 @@ def add_commands(sub) -> None:
     p.add_argument("--embed-model", default=None, metavar="SPEC", help="store spec for /embed")
     p.add_argument("--index", type=Path, default=None, metavar="OUT_DIR",
                    help="an `aeflow index` folder for /search (queries use the index's own model)")
-    p.add_argument("--batch-size", type=_positive, default=8,
+    p.add_argument("--batch-size", type=positive_int, default=8,
                    help="requests batched into one model call per replica (1: no batching; default %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="how long a replica waits to fill a batch once a request is in (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per replica (0: cores / replicas)")
     p.add_argument("--replica-cpus", type=float, default=0.25,
                    help="Ray CPUs reserved per replica; fractional so replicas never starve Ray (default %(default)s)")
-    p.add_argument("--tile", type=_positive, default=512, help="image2image: tile core size, as in the batch jobs")
-    p.add_argument("--max-bytes", type=_positive, default=32 * 1024 * 1024, help="largest request body (413 above)")
-    p.add_argument("--max-pixels", type=_positive, default=40_000_000, help="largest image in pixels (413 above)")
+    p.add_argument("--tile", type=positive_int, default=512, help="image2image: tile core size, as in the batch jobs")
+    p.add_argument("--max-bytes", type=positive_int, default=32 * 1024 * 1024, help="largest request body (413 above)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image in pixels (413 above)")
     p.set_defaults(func=_cmd_api)
 
 
-def _positive(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _port(s: str) -> int:

@@ -1,11 +1,11 @@
 """`aeflow denoise|upscale|embed` (batch jobs) and `aeflow index|search` (embeddings index): thin wrappers."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from aeflow.cli._args import positive_int
 from aeflow.errors import UsageError
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 
@@ -33,15 +33,15 @@ def add_commands(sub) -> None:
         p.add_argument("--runner", choices=RUNNERS, default=DEFAULT_RUNNER,
                        help="auto (default): in-process when the job is shorter than starting a local Ray, else "
                             "Ray; ray: always Ray; local: one process, no cluster")
-        p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE[job],
+        p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE[job],
                        help="inputs per batch (default %(default)s for this job)")
-        p.add_argument("--workers", type=_positive, default=None,
+        p.add_argument("--workers", type=positive_int, default=None,
                        help="Ray actors (default: one per CPU, or per GPU with --device cuda)")
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto (default): the model's int8 graph on CPU, its fp16 graph on CUDA, when it "
                             "has one (PSNR-checked at export), else fp32; fp32; int8 or fp16 (exit 2 if the "
                             "model has none)")
-        p.add_argument("--tile", type=_positive, default=512,
+        p.add_argument("--tile", type=positive_int, default=512,
                        help="image2image: images larger than this many input pixels run in overlapping tiles")
         if job != "embed":
             p.add_argument("--format", choices=("same", "png", "jpg", "webp"), default="same",
@@ -59,7 +59,7 @@ def add_commands(sub) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", type=Path, help="an image file to embed and search with")
     q.add_argument("--path", help="the relative path of an already embedded image")
-    p.add_argument("--k", type=_positive, default=10)
+    p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--model", default=None, help="encoder spec (default: the index's model)")
     p.add_argument("--store", type=Path, default=None)
@@ -74,7 +74,7 @@ def add_commands(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity that makes a pair near duplicates (default: the model card's "
                         "calibrated value, else 0.9)")
-    p.add_argument("--k", type=_positive, default=10, help="neighbours looked at per image (default 10)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours looked at per image (default 10)")
     p.add_argument("--in-dir", type=Path, default=None,
                    help="the embedded folder, for content hashes and thumbnails (default: the embed job's)")
     p.add_argument("--store", type=Path, default=None, help="model store holding the embed job's model")
@@ -82,11 +82,6 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_dedup)
 
 
-def _positive(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _cmd_job(args) -> int:

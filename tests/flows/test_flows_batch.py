@@ -56,3 +56,21 @@ def test_embed_flow_groups_duplicates_and_links_the_page(prefect_api, flow_run_a
     assert (tmp_path / "out" / "dedup" / "index.html").is_file()
     md = "\n".join(a["data"] for a in flow_run_artifacts(state.state_details.flow_run_id) if a["type"] == "markdown")
     assert "# duplicates in" in md and "dedup/index.html" in md
+
+
+def test_the_batch_flows_parameters_are_the_jobs_settings():
+    """Each flow parameter that configures the job is a JobConfig field of the same name, and reaches it."""
+    import dataclasses
+    import inspect
+
+    from flows.batch import _job_config, denoise_flow, embed_flow, upscale_flow
+    from pipeline.runner import JobConfig
+
+    fields = {f.name for f in dataclasses.fields(JobConfig)}
+    for fl, extra in ((denoise_flow, set()), (upscale_flow, set()),
+                      (embed_flow, {"index", "rebuild_index", "query", "k", "dedup", "dedup_threshold"})):
+        params = inspect.signature(fl.fn).parameters
+        assert set(params) - fields == extra, fl.name
+        cfg = _job_config(fl.name, {name: p.default for name, p in params.items()} | {"in_dir": "i", "out_dir": "o",
+                                                                                   "precision": "fp32"})
+        assert cfg.job == fl.name and cfg.precision == "fp32" and cfg.model == params["model"].default
