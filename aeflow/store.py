@@ -24,7 +24,7 @@ INT8_FILE = "model.int8.onnx"  # optional int8 graph of an image2image model (mo
 FP16_FILE = "model.fp16.onnx"  # optional fp16 graph of an image2image model, for CUDA (models/half.py)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-# Models shipped inside the package (issue 5): searched after the user's store.
+# Models shipped inside the package: searched after the user's store, so a user's model of the same name wins.
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 
 
@@ -192,9 +192,6 @@ class ModelStore:
         d = self.root / name
         vs = self._versions_in(d) if d.is_dir() else []
         return (vs[-1] + 1) if vs else 1
-
-    def list(self) -> list[ModelRef]:
-        return [self.get(n, v) for n in self.names() for v in self.versions(n)]
 
     # ---- writing -------------------------------------------------------------------------
     def register(self, name: str, src_dir: str | os.PathLike, card: dict, move: bool = False) -> ModelRef:

@@ -105,7 +105,7 @@ def run_aeflow_local(bm: BenchModel, in_dir: Path, out_dir: Path, device: str) -
     # aeflow's functions per stage; the pipeline's internals move, so a name that is not there is skipped
     # (and listed in the result) rather than failing the bench
     targets = (
-        (reader, "iter_listing", ex.gen, "list"), (reader, "iter_inputs", ex.gen, "list"),  # walk + stat
+        (reader, "iter_listing", ex.gen, "list"),  # walk + stat
         (worker, "_decode", ex.fn, "read"), (inference, "decode_for", ex.fn, "read"),  # exclusive: the rest
         (reader, "read_bytes", ex.fn, "read"),
         (reader, "decode_with_header", ex.fn, "decode"), (inference, "decode_with_header", ex.fn, "decode"),

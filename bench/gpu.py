@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         ort.preload_dlls()
     if args.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise SystemExit(f"no CUDAExecutionProvider in this onnxruntime ({ort.get_available_providers()}): "
-                         "install onnxruntime-gpu (../shared/tools/device-wheels), or use --dry-run")
+                         "install onnxruntime-gpu (bench/gpu_wheels.sh), or use --dry-run")
     store = args.work / "empty-store"  # nothing of the user's: the jobs resolve the shipped models
     photos = make_photos(args.work, args.n, args.size)
     big = big_photo(args.work, (400, 300) if args.dry_run else (4000, 3000))

@@ -27,7 +27,7 @@ from bench._report import markdown  # noqa: E402
 JOBS = ("denoise", "upscale", "embed")
 MODES = ("naive", "floor", "aeflow-local", "aeflow")
 DEVICES = ("cpu", "cuda")
-# Targets from issue 6, reported against (the bench never tunes the pipeline).
+# The throughput targets the report checks against (the bench never tunes the pipeline).
 TARGETS = {"c_over_b_min": 0.85, "c_over_a_min": 1.5, "rss_10n_over_n_max": 1.2, "scaling_min": 1.8}
 
 

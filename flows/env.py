@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Measured in ../shared/ENVIRONMENT.md: the temporary server needs 17-21 s to start on a busy 2-core
-# machine, and its 20 s default timeout fails under load.
+# The temporary server needs about 20 s to start on a busy 2-core machine, so its 20 s default timeout fails
+# under load.
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

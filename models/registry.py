@@ -40,16 +40,6 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def config_class(kind: str) -> type:
-    """The @dataclass config class of a model kind."""
-    return _model_class(kind).Config
-
-
-def model_sizes(kind: str) -> dict[str, dict[str, Any]]:
-    """The named sizes of a model kind: {size name: config overrides}."""
-    return {name: dict(over) for name, over in _model_class(kind).SIZES.items()}
-
-
 def make_config(kind: str, size: str | None = None, **cfg: Any):
     """Build the config dataclass of `kind`: defaults, then the named `size`, then `cfg` (unknown keys: TypeError)."""
     cls = _model_class(kind)

@@ -20,13 +20,6 @@ class Task:
     mtime_ns: int
 
 
-def iter_inputs(in_dir: Path, exclude: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
-    """Stream (path, stat) of the images under in_dir, skipping the `exclude` tree (OUT_DIR inside IN_DIR)."""
-    for p, st, problem in iter_listing(in_dir, exclude):
-        if problem is None:
-            yield p, st
-
-
 def iter_listing(in_dir: Path, exclude: Path | None = None) \
         -> Iterator[tuple[Path, os.stat_result | None, str | None]]:
     """Stream (path, stat, None) per readable image and (path, None, why) per image-named entry we cannot read."""

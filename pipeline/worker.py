@@ -16,7 +16,6 @@ from pipeline.writer import OutputSpaceError, write_image
 # Alpha: the model sees the image composited on white; the input's alpha plane is put back on PNG/WebP/TIFF
 # outputs (pipeline.writer.with_alpha), as `aeflow api` does (pipeline/serving_models.py), so both answer the
 # same bytes. JPEG outputs stay composited on white.
-KEEP_ALPHA = True
 
 
 @dataclass
@@ -136,7 +135,7 @@ class BatchWorker:
                 row = self._row(d.task, status="ok", seconds=d.seconds + share, **size)
                 row["vector"] = out
                 return row
-            nbytes = write_image(self.out_root, d.task.out, out, d.icc, d.alpha if KEEP_ALPHA else None)
+            nbytes = write_image(self.out_root, d.task.out, out, d.icc, d.alpha)
         except OutputSpaceError:
             raise  # the disk is full: every later write would fail too, so the job stops
         except Exception as exc:  # noqa: BLE001

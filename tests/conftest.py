@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Set before anything imports prefect or ray (see ../shared/ENVIRONMENT.md).
+# Set before anything imports prefect or ray: both read their settings once, at import.
 _TMP_HOME = tempfile.mkdtemp(prefix="aeflow-test-home-")
 os.environ.setdefault("PREFECT_HOME", str(Path(_TMP_HOME) / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

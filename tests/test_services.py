@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,13 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -55,7 +50,7 @@ def _node_ports() -> list[str]:
     ports = []
     for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                  "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"):
-        ports += [flag, str(_free_port())]
+        ports += [flag, str(free_port())]
     return ports
 
 
@@ -70,7 +65,7 @@ def short_tmp():
 def test_ray_head_and_a_worker_form_a_two_node_cluster(tmp_path, short_tmp):
     temp = short_tmp  # unique temp dir: never touches another Ray on this machine
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    port = _free_port()
+    port = free_port()
     head = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
             "--num-cpus", "1", "--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats",
             *_node_ports()]
@@ -106,7 +101,7 @@ def test_serve_registers_its_deployments(prefect_server, tmp_path):
     on_demand = ("train/on-demand", "denoise/on-demand", "upscale/on-demand", "embed/on-demand")
     api = prefect_server.api_url
     # as in docker-compose.yml: the runner's health endpoint is the container's healthcheck
-    health_port = _free_port()
+    health_port = free_port()
     env = dict(prefect_server.env(), PREFECT_RUNNER_SERVER_ENABLE="true", PREFECT_RUNNER_SERVER_HOST="127.0.0.1",
                PREFECT_RUNNER_SERVER_PORT=str(health_port))
     with _process(cmd, tmp_path / "serve.log", env) as p:
@@ -148,7 +143,7 @@ def test_api_answers_health_models_and_a_denoise_request(tmp_path):
 
     models = pipeline_models()
     store = models.build_store(tmp_path / "store")
-    port = _free_port()
+    port = free_port()
     cmd = [str(BIN / "aeflow"), "api", "--host", "127.0.0.1", "--port", str(port), "--store", str(store),
            "--denoise-model", "denoise", "--device", "cpu", "--replica-cpus", "0.1"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ADDRESS="")

@@ -37,7 +37,7 @@ def test_register_and_resolve_round_trip(store, tmp_path):
     for spec in ("ae", "ae:1", "ae:latest", str(ref.path), str(ref.path / "model.onnx")):
         got = store.resolve(spec)
         assert (got.name, got.version) == ("ae", 1), spec
-    assert [r.id for r in store.list()] == ["ae:1"]
+    assert [(n, store.versions(n)) for n in store.names()] == [("ae", [1])]
     # the build folder is copied, not moved, unless asked
     assert (tmp_path / "build-a" / "model.onnx").is_file()
     ref2 = store.register("ae", _build(tmp_path, "b"), {"kind": "ae"}, move=True)

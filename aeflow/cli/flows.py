@@ -13,9 +13,8 @@ def add_commands(sub) -> None:
                        description="The whole chain on built-in data: train denoise, upscale x2 and ae, register "
                                    "and promote them, then denoise, upscale, embed and search a sample folder.")
     p.add_argument("--workdir", default="demo-out", help="where everything goes (default: demo-out)")
-    p.add_argument("--quick", action="store_true", help="smaller training budgets (about a minute on 2 cores)")
-    p.add_argument("--mode", choices=("full", "quick", "test"), default=None,
-                   help="training budget; --quick is --mode quick; test is the CI-sized chain")
+    p.add_argument("--mode", choices=("full", "quick", "test"), default="full",
+                   help="training budget: full (default), quick (about a minute on 2 cores) or test (CI-sized)")
     p.add_argument("--runner", choices=RUNNERS, default="ray",
                    help="batch job runner (default ray: the demo shows the cluster path even on tiny folders)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -70,7 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from aeflow.errors import UsageError
 
     _prefect_env()
-    mode = args.mode or ("quick" if args.quick else "full")
+    mode = args.mode
     if args.photos is not None and args.photos < 1:
         raise UsageError("--photos must be at least 1")
     from flows.demo import DemoSettings, format_summary, run_demo

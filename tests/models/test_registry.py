@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.registry import config_class, create_model, list_models, model_sizes, register_model
+from models.registry import _model_class, create_model, list_models, register_model
 
 KINDS = ["aae", "ae", "conv-vae", "denoise", "photo-ae", "upscale", "vae"]
 
@@ -25,9 +25,9 @@ def test_all_kinds_registered():
 @pytest.mark.parametrize("kind", list_models())
 def test_forward_shapes(kind):
     torch.manual_seed(0)
-    assert "tiny" in model_sizes(kind) and "small" in model_sizes(kind)
+    assert "tiny" in _model_class(kind).SIZES and "small" in _model_class(kind).SIZES
     model = create_model(kind, size="tiny").eval()
-    assert model.kind == kind and isinstance(model.cfg, config_class(kind))
+    assert model.kind == kind and isinstance(model.cfg, _model_class(kind).Config)
     assert isinstance(model.halo, int) and model.halo >= 0
     x = _input(model)
     cfg = model.cfg
@@ -76,9 +76,9 @@ def test_halo_bounds_receptive_field(kind, cfg):
 
 
 def test_sizes_and_overrides():
-    assert create_model("denoise").cfg == config_class("denoise")()
+    assert create_model("denoise").cfg == _model_class("denoise").Config()
     m = create_model("denoise", size="tiny", depth=3)
-    assert (m.cfg.features, m.cfg.depth) == (model_sizes("denoise")["tiny"]["features"], 3)
+    assert (m.cfg.features, m.cfg.depth) == (_model_class("denoise").SIZES["tiny"]["features"], 3)
     assert m.halo == 3
     assert dataclasses.asdict(create_model("vae", latent_dim=5).cfg)["latent_dim"] == 5
 

@@ -8,16 +8,16 @@ import pytest
 from pipeline_models import photo, save
 
 from aeflow.imageio import decode_with_header, fit_square
-from pipeline.reader import PlanSettings, Task, iter_inputs, plan, read_bytes
+from pipeline.reader import PlanSettings, Task, iter_listing, plan, read_bytes
 
 
 def test_listing_is_a_stream_and_excludes_out_dir(tmp_path):
     src = tmp_path / "in"
     save(src / "a.png", photo(8, 8))
     save(src / "out" / "a.png", photo(8, 8))
-    it = iter_inputs(src, exclude=src / "out")
+    it = iter_listing(src, exclude=src / "out")
     assert isinstance(it, types.GeneratorType)
-    assert [p.name for p, _ in it] == ["a.png"]
+    assert [(p.name, problem) for p, _, problem in it] == [("a.png", None)]
 
 
 def test_plan_skips_done_redoes_changed_and_flags_collisions(tmp_path):

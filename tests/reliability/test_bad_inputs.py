@@ -1,4 +1,4 @@
-"""Bad inputs (issue 7): each gives a correct output or a failed manifest row with a clear error; exit code 3.
+"""Bad inputs: each gives a correct output or a failed manifest row with a clear error; exit code 3.
 
 One `aeflow denoise` run (local runner, box-blur model with a 5x5 receptive field) over a folder holding every
 case; each test below checks one case's row and output. docs/reliability.md lists them with these verdicts.

@@ -1,4 +1,4 @@
-"""Faults (issue 7): a Ray worker killed mid-job, a full output disk, a corrupted or swapped model file.
+"""Faults: a Ray worker killed mid-job, a full output disk, a corrupted or swapped model file.
 
 The driver killed mid-job and rerun: tests/pipeline/test_process.py (test_killed_driver_resumes_without_loss_or_
 duplicates); a transient Prefect task failure: test_prefect_retry.py.

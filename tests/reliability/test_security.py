@@ -1,4 +1,4 @@
-"""Security (issue 7): nothing is written outside OUT_DIR, models load only with a matching sha256 card,
+"""Security: nothing is written outside OUT_DIR, models load only with a matching sha256 card,
 nothing untrusted is unpickled, servers bind 127.0.0.1.
 
 Also covered elsewhere: compose ports bind 127.0.0.1 (tests/test_compose.py, test_published_ports_bind_
