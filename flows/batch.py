@@ -58,7 +58,7 @@ def search_task(out_dir: str, query: str, k: int, store: str | None) -> list[dic
     """The k nearest stored images to a query: an image file, or the stored (relative) path of an embedded one."""
     from pathlib import Path
 
-    from pipeline.index import search
+    from pipeline.search import search
 
     if Path(query).is_file():
         return search(out_dir, image=Path(query), k=k, store=Path(store) if store else None)

@@ -52,7 +52,8 @@ def _neighbours(out: Path, paths: list[str], x: np.ndarray, when: np.ndarray, k:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.index import open_index, query_vectors
+    from pipeline.index import prepare_vectors
+    from pipeline.search import open_index
 
     meta, index, ids_tab = open_index(out)
     if meta["metric"] != "ip":
@@ -83,7 +84,7 @@ def _neighbours(out: Path, paths: list[str], x: np.ndarray, when: np.ndarray, k:
     for s in tqdm(range(0, len(queried), _QUERY_CHUNK), desc="dedup: neighbours", unit="chunk",
                   disable=not progress or len(queried) <= _QUERY_CHUNK, leave=False):
         rows = queried[s:s + _QUERY_CHUNK]
-        d, ids = index.search(query_vectors(x[rows], "ip"), min(k + 1, int(index.ntotal)))
+        d, ids = index.search(prepare_vectors(x[rows], "ip"), min(k + 1, int(index.ntotal)))
         for r, drow, irow in zip(rows, d, ids):
             got = [(pos.get(id_path.get(int(i))), float(v)) for i, v in zip(irow, drow) if i >= 0]
             got = [(j, v) for j, v in got if j is not None and j != r][:k]

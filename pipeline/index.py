@@ -1,4 +1,4 @@
-"""FAISS index over OUT_DIR/embeddings (exact or IVF, cosine or L2), built incrementally and swapped atomically; search.
+"""FAISS index over OUT_DIR/embeddings (exact or IVF, cosine or L2), built incrementally, swapped atomically.
 
 Layout of OUT_DIR/index/:
   index.json            the commit point, replaced atomically (os.replace) once a version is complete: kind,
@@ -8,6 +8,7 @@ Layout of OUT_DIR/index/:
                         and ids.parquet (id, path, written_at, part)
 A reader loads index.json once and opens the files it names, so it never sees a half-written index; the
 previous version is kept for readers in flight, older ones are deleted. Builders are serialised by a lock.
+Reading it (opening, queries, search) is pipeline/search.py.
 
 Incremental rule: a later `build_index` adds only the rows of parts not yet included. A path that is already
 indexed and comes back in a newer row (a rerun re-embedded it) is replaced in place: its old id is removed
@@ -37,7 +38,6 @@ from pipeline.embeddings import (
     concat_embeddings,
     iter_latest_parts,
     list_parts,
-    read_embeddings,
     vectors_of,
 )
 
@@ -135,7 +135,7 @@ def _new_index(kind: str, metric: str, dim: int, nlist: int):
     return faiss.IndexIVFFlat(flat, dim, nlist, faiss_metric)
 
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+def prepare_vectors(x: np.ndarray, metric: str) -> np.ndarray:
     """float32, C-contiguous, and unit-length for the inner-product (cosine) metric."""
     faiss = _faiss()
 
@@ -243,7 +243,7 @@ def _full_build(out: Path, old_meta: dict | None, parts, kind, metric, rebuild, 
         metric = "ip" if _is_normalised(x) else "l2"
     if kind == "auto":
         kind = "ivf" if n >= ivf_threshold else "flat"
-    x = _prepare(x, metric)
+    x = prepare_vectors(x, metric)
     nl = min(nlist or _auto_nlist(n), n) if kind == "ivf" else 0
     index = _new_index(kind, metric, dim, nl)
     if kind == "ivf":
@@ -281,7 +281,7 @@ def _update(out: Path, meta: dict, new_parts, kind, metric, ivf_threshold, progr
         raise IndexMismatchError(f"new vectors have {x.shape[1]} dimensions, the index {meta['dim']}")
     if meta["metric"] == "ip" and metric == "auto" and not _is_normalised(x):
         return "new vectors are not unit-length, so cosine no longer fits: rebuilding with auto metric"
-    index, ids_tab = _open_files(out, meta)
+    index, ids_tab = open_files(out, meta)
     pos = {p: i for i, p in enumerate(ids_tab.column("path").to_pylist())}
     old_ids = ids_tab.column("id").to_numpy()
     old_wt = _micros(ids_tab.column("written_at"))
@@ -304,7 +304,7 @@ def _update(out: Path, meta: dict, new_parts, kind, metric, ivf_threshold, progr
     if replaced:
         index.remove_ids(np.ascontiguousarray(old_ids[drop]))
     new_ids = np.arange(meta["next_id"], meta["next_id"] + int(keep.sum()), dtype=np.int64)
-    _add(index, _prepare(x[keep], meta["metric"]), new_ids, progress)
+    _add(index, prepare_vectors(x[keep], meta["metric"]), new_ids, progress)
     added_rows = new.filter(pa.array(keep)).select(["path", "written_at", "part"])
     id_table = pa.concat_tables([
         ids_tab.filter(pa.array(~drop)),
@@ -349,7 +349,7 @@ def _commit(out: Path, old_meta: dict | None, meta: dict, index, id_table) -> di
     return meta
 
 
-def _open_files(out: Path, meta: dict):
+def open_files(out: Path, meta: dict):
     """Load the faiss index and the id table a meta names."""
     faiss = _faiss()
     import pyarrow.parquet as pq
@@ -359,102 +359,3 @@ def _open_files(out: Path, meta: dict):
     if meta["kind"] == "ivf":
         index.nprobe = int(meta["nprobe"])
     return index, pq.read_table(idx_dir / meta["files"]["ids"])
-
-
-def _open_committed(out: Path):
-    """(meta, index, ids) of the committed index; retried if a builder swapped versions while we opened it."""
-    for attempt in range(3):
-        meta = load_meta(out)
-        if meta is None:
-            raise EmbeddingsError(f"no index in {out / INDEX_DIR}: run `aeflow index {out}` first")
-        try:
-            return (meta, *_open_files(out, meta))
-        except (FileNotFoundError, RuntimeError):
-            if attempt == 2 or load_meta(out) == meta:
-                raise
-    raise AssertionError("unreachable")
-
-
-def open_index(out_dir):
-    """(meta, faiss index, ids table) of OUT_DIR's committed index, for callers that query it in bulk (dedup)."""
-    return _open_committed(Path(out_dir))
-
-
-def query_vectors(x: np.ndarray, metric: str) -> np.ndarray:
-    """Query vectors prepared for an index of `metric` as build_index prepared the stored ones."""
-    return _prepare(x, metric)
-
-
-def search(out_dir, *, image: Path | None = None, path: str | None = None, k: int = 10, model: str | None = None,
-           store: Path | None = None) -> list[dict]:
-    """The k nearest indexed images to a stored path or a new image file: [{rank, path, score}], best first.
-
-    score is the cosine similarity for a cosine ("ip") index and the negative L2 distance for an "l2" index:
-    higher is closer in both (index.json's `score` says which). The query itself is not excluded.
-    """
-    if (image is None) == (path is None):
-        raise EmbeddingsError("search needs exactly one query: an image file or the stored path of an embedded image")
-    if int(k) < 1:
-        raise EmbeddingsError(f"k must be >= 1, not {k}")
-    out = Path(out_dir)
-    meta, index, ids_tab = _open_committed(out)
-    q = _stored_vector(out, path, meta) if path is not None else _query_vector(Path(image), meta, model, store)
-    if q.shape != (meta["dim"],):
-        raise IndexMismatchError(f"query vector has shape {q.shape}, the index holds {meta['dim']}-d vectors")
-    dist, idx = index.search(_prepare(q[None], meta["metric"]), min(int(k), int(index.ntotal)) or 1)
-    ids = ids_tab.column("id").to_numpy()
-    paths = ids_tab.column("path")
-    results = []
-    for d, i in zip(dist[0], idx[0]):
-        if i < 0:  # fewer than k vectors reachable (small or sparsely probed IVF lists)
-            continue
-        j = int(np.searchsorted(ids, i))
-        score = float(d) if meta["metric"] == "ip" else -float(np.sqrt(max(float(d), 0.0)))
-        results.append({"rank": len(results) + 1, "path": paths[j].as_py(), "score": score})
-    return results
-
-
-def _normalise_rel(path: str) -> str:
-    return "/".join(s for s in str(path).replace("\\", "/").split("/") if s not in ("", "."))
-
-
-def _stored_vector(out: Path, path: str, meta: dict) -> np.ndarray:
-    key = _normalise_rel(path)
-    t = read_embeddings(out, columns=["path", "vector", "model"], paths=[key])
-    if t.num_rows == 0:
-        raise EmbeddingsError(f"{path!r} has no embedding in {out / 'embeddings'} (paths are relative to the embed "
-                              "job's input folder, e.g. 'sub/cat.jpg'); search with an image file instead")
-    m = t.column("model")[0].as_py()
-    if m != meta["model"]:
-        raise IndexMismatchError(f"the stored vector of {key!r} comes from {m}, the index from {meta['model']}: "
-                                 f"update the index (`aeflow index {out}`, --rebuild to switch models)")
-    return vectors_of(t)[0]
-
-
-def _query_vector(image: Path, meta: dict, model: str | None, store) -> np.ndarray:
-    from aeflow.store import ModelStore
-
-    ref = ModelStore(store).resolve(model or meta["model"])
-    if ref.id != meta["model"]:
-        raise IndexMismatchError(f"the index holds vectors of {meta['model']}; model {model!r} is {ref.id}, whose "
-                                 "embeddings are not comparable: leave out --model to use the index's model")
-    return _embed_image(ref.onnx_path(), image)
-
-
-def _embed_image(onnx_path: Path, image_path: Path) -> np.ndarray:
-    """Embed one image file with an encoder ONNX through the embed job's own decode and predictor code."""
-    from aeflow.imageio import ImageDecodeError
-    from pipeline.inference import decode_for, encoder_input
-    from pipeline.predictor import Predictor
-
-    pred = Predictor(str(onnx_path), device="cpu", threads=min(2, os.cpu_count() or 1))
-    if pred.info.role != "encoder" or not pred.info.input_size:
-        raise EmbeddingsError(f"{onnx_path} is not an encoder with a fixed input size (aeflow.role="
-                              f"{pred.info.role!r}, aeflow.input_size={pred.info.input_size})")
-    try:
-        # the embed job's own decode and crop, so a query image's vector is the one the job stored
-        a = decode_for(image_path, pred.info).image
-    except ImageDecodeError as exc:
-        raise EmbeddingsError(f"query image {image_path}: {exc}") from exc
-    batch = {"image": encoder_input(a, pred.info)[None]}
-    return np.asarray(pred(batch)["embedding"][0], dtype=np.float32)

@@ -13,7 +13,7 @@ from pipeline.embeddings import EmbeddingsError
 class LiveIndex:
     """The committed FAISS index of OUT_DIR/index and its id table; re-read when index.json changes (every poll_s).
 
-    Scores follow pipeline.index.search: cosine for an "ip" index, negative L2 distance for an "l2" one.
+    Scores follow pipeline.search.search: cosine for an "ip" index, negative L2 distance for an "l2" one.
     """
 
     def __init__(self, out_dir: str | Path, poll_s: float = 2.0):

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from aeflow.cli._args import positive_int
-from aeflow.errors import UsageError
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 
 _JOB_HELP = {
@@ -108,25 +107,18 @@ def _cmd_job(args) -> int:
 
 
 def _cmd_index(args) -> int:
-    from pipeline import index
+    from pipeline.index import build_index
 
-    try:
-        meta = index.build_index(args.out_dir)
-    except index.EmbeddingsError as exc:
-        raise UsageError(str(exc)) from None
+    meta = build_index(args.out_dir)  # an EmbeddingsError is a UsageError: exit code 2
     print(json.dumps({k: meta.get(k) for k in ("action", "reason", "added", "replaced", "count", "kind", "metric",
                                                  "model") if k in meta}, indent=2))
     return 0
 
 
 def _cmd_search(args) -> int:
-    from pipeline import index
+    from pipeline.search import search
 
-    try:
-        results = index.search(args.out_dir, image=args.image, path=args.path, k=args.k, model=args.model,
-                               store=args.store)
-    except index.EmbeddingsError as exc:
-        raise UsageError(str(exc)) from None
+    results = search(args.out_dir, image=args.image, path=args.path, k=args.k, model=args.model, store=args.store)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -136,13 +128,10 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_dedup(args) -> int:
-    from pipeline import dedup
+    from pipeline.dedup import find_groups
 
-    try:
-        s = dedup.find_groups(args.out_dir, threshold=args.threshold, k=args.k, in_dir=args.in_dir,
-                              progress=args.progress, store=args.store)
-    except dedup.EmbeddingsError as exc:
-        raise UsageError(str(exc)) from None
+    s = find_groups(args.out_dir, threshold=args.threshold, k=args.k, in_dir=args.in_dir, progress=args.progress,
+                    store=args.store)
     mb = s["bytes_freeable"] / 1e6
     print(f"dedup: {s['groups']} groups hold {s['images_in_groups']} of {s['images']} images "
           f"({s['exact_duplicates']} exact copies); {mb:.1f} MB could be freed keeping one per group; "

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from aeflow.store import ModelStore
-from pipeline import index as ix
 from pipeline.embeddings import EmbeddingsError, EmbeddingWriter
-from pipeline.index import IndexMismatchError, build_index, load_meta, search
+from pipeline.index import IndexMismatchError, build_index, load_meta
+from pipeline.search import _embed_image, search
 from tests.conftest import make_photo
 
 S, C, D, N = 8, 3, 16, 50
@@ -62,8 +62,8 @@ def world(tmp_path_factory):
 
 
 def _embed(world, out, names, version=1, prefix="part", as_path=None):
-    """Embed photo files with ix._embed_image (the search code path) into EmbeddingWriter parts."""
-    vecs = np.stack([ix._embed_image(world["onnx"][version], world["photos"] / n) for n in names])
+    """Embed photo files with _embed_image (the search code path) into EmbeddingWriter parts."""
+    vecs = np.stack([_embed_image(world["onnx"][version], world["photos"] / n) for n in names])
     with EmbeddingWriter(out, dim=D, model_id=f"tiny:{version}", prefix=prefix) as wr:
         wr.add(list(as_path or names), vecs, [1] * len(names), [1] * len(names))
     return vecs

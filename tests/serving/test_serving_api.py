@@ -83,7 +83,7 @@ def test_embed_binary_formats(api):
 
 
 def test_search_matches_batch_search(api):
-    from pipeline.index import search
+    from pipeline.search import search
 
     for f in ("a.jpg", "sub/rgba.png"):
         r = api.post("/search?k=3", (api.inputs / f).read_bytes())
