@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Wheels for the GPU benchmark in parts small enough to travel beside this working tree (64 MiB per device
 # call in all): ../shared/tools/device-wheels packs them in 56 MB parts, which no longer fit beside the shipped
-# models, so they are split again here into parts of $PART_BYTES (default 36 MB) under .device-wheels/pN.
+# models, so they are split again here into parts of $PART_BYTES (default 32 MB: the tree is about 28 MB) under .device-wheels/pN.
 # Usage (repository root):  bash bench/gpu_wheels.sh [PIP_SPEC ...]   (default: onnxruntime-gpu tqdm)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-part=${PART_BYTES:-36000000}
+part=${PART_BYTES:-32000000}
 [ $# -gt 0 ] || set -- onnxruntime-gpu tqdm
 ../shared/tools/device-wheels "$@" >/dev/null
 dir=.device-wheels

@@ -31,9 +31,10 @@ RECIPES: dict[str, dict] = {
     "aae": dict(kind="aae", data="builtin:mnist", latent_dim=2, prior="mixture", epochs=100, batch_size=64,
                 lr=1e-3, lr_schedule="cosine", patience=100),
     # the photo embedding model: edited views of the Debian photos (python -m models.photos fetch PHOTOS);
-    # "photos:train" stands for PHOTOS/train (--photos)
-    "photo-ae": dict(kind="photo-ae", data="photos:train", epochs=25, steps_per_epoch=100, batch_size=32, lr=1e-3,
-                     lr_schedule="cosine", patience=25),
+    # "photos:train" stands for PHOTOS/train (--photos). Contrast 0.5 over 0.1 (25 epochs): validation copy
+    # recall at 90% precision 0.964 against 0.944, reconstruction MSE 0.033 against 0.031
+    "photo-ae": dict(kind="photo-ae", data="photos:train", epochs=30, steps_per_epoch=100, batch_size=32, lr=1e-3,
+                     lr_schedule="cosine", patience=30, contrast=0.5),
     # one blind model for sigma 5..55; dead-leaves images add edges at every scale to the few real photos
     # dilation 4 (IRCNN): a 41x41 receptive field at the cost of the plain 8-layer stack
     "denoise": dict(kind="denoise", data="builtin:photos", synthetic=48, dilation=4, epochs=40,

@@ -21,7 +21,7 @@ def test_help_and_choices(capsys):
     assert e.value.code == 2
     a = build_parser().parse_args(["upscale", "i", "o"])
     assert a.model == "upscale-x2" and a.runner == "auto" and a.tile == 512 and a.format == "same"
-    assert build_parser().parse_args(["embed", "i", "o"]).model == "ae"
+    assert build_parser().parse_args(["embed", "i", "o"]).model == "photo-ae"
 
 
 def test_embed_index_search(store, images, tmp_path, capsys):

@@ -113,7 +113,8 @@ def test_plan_slots_checks_models_up_front(store, monkeypatch, tmp_path):
     from pipeline.serving import ServeConfig, plan_slots
 
     slots = plan_slots(ServeConfig(store=str(store)), "cpu")
-    assert [(s.kind, s.spec) for s in slots] == [("denoise", "denoise"), ("upscale", "upscale-x2"), ("embed", "ae")]
+    want = [("denoise", "denoise"), ("upscale", "upscale-x2"), ("embed", "photo-ae")]
+    assert [(s.kind, s.spec) for s in slots] == want
     with pytest.raises(UsageError, match="no model named"):
         plan_slots(ServeConfig(store=str(store), denoise_model="nope"), "cpu")
     with pytest.raises(UsageError, match="needs image2image"):
