@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # job -> (model kind, config overrides); the store names are pipeline.defaults.DEFAULT_MODELS
-JOB_KINDS = {"denoise": ("denoise", {}), "upscale": ("upscale", {"scale": 2}), "embed": ("ae", {})}
+JOB_KINDS = {"denoise": ("denoise", {}), "upscale": ("upscale", {"scale": 2}), "embed": ("photo-ae", {})}
 
 
 @dataclass
@@ -23,7 +23,7 @@ class BenchModel:
 
     @property
     def channels(self) -> int:
-        """Channels the model takes (the shipped ae is grey: 1); image2image models take RGB."""
+        """Channels the model takes (the MNIST ae is grey: 1); image2image models and photo-ae take RGB."""
         return int(getattr(self.torch.cfg, "channels", 3)) if self.input_size else 3
 
 

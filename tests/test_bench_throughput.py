@@ -46,7 +46,7 @@ def test_quick_run_writes_full_report(tmp_path):
     assert mem["n"]["images"] == 4 and mem["10n"]["images"] == 40  # the 10N run lists 10x the files
     assert mem["rss_ratio"] > 0 and mem["anon_ratio"] > 0 and "/proc" in mem["how"]
     assert mem["n"]["runner_used"] == mem["10n"]["runner_used"] == "ray"  # one engine at both sizes
-    assert {(x["job"], x["size"]) for x in rep["model_only"]} == {("denoise", 32), ("embed", 64)}
+    assert {(x["job"], x["size"]) for x in rep["model_only"]} == {("denoise", 32), ("embed", 96)}
     assert all(x["ort_numpy"] > 0 and x["torch_fp32"] > 0 for x in rep["model_only"])
 
     # the markdown report on stdout has every table
@@ -98,7 +98,8 @@ def test_shipped_models_give_the_cli_graph_and_matching_torch_weights(tmp_path):
     models = stored_models(["upscale", "embed"], tmp_path / "empty-store")
     up, emb = models["upscale"], models["embed"]
     assert up.precision == "int8" and up.onnx.name == "model.int8.onnx" and up.trained
-    assert emb.precision == "fp32" and emb.onnx.name == "model.onnx" and emb.input_size == 28
+    assert emb.precision == "fp32" and emb.onnx.name == "model.onnx" and emb.spec.startswith("photo-ae")
+    assert (emb.input_size, emb.channels) == (96, 3)  # the default embed model: colour photos squashed to 96²
     x = np.random.default_rng(0).integers(0, 256, (1, 24, 24, 3), dtype=np.uint8)
     fp32 = ModelStore(tmp_path / "empty-store").resolve("upscale-x2").onnx_path()
     ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]

@@ -57,7 +57,7 @@ def test_reuse_ships_only_a_version_trained_with_the_recipe(tmp_path):
     recipe = ship_mod.resolve_recipe(ship_mod.RECIPES["photo-ae"], str(tmp_path))
     settings = {**recipe, "data": str(tmp_path / "train"), "seed": 0, "size": "small"}
     ship_mod.check_trained_as({"settings": settings}, recipe)  # extra settings beyond the recipe are fine
-    with pytest.raises(SystemExit, match=r"epochs=5 \(recipe 25\)"):
+    with pytest.raises(SystemExit, match=rf"epochs=5 \(recipe {recipe['epochs']}\)"):
         ship_mod.check_trained_as({"settings": {**settings, "epochs": 5}}, recipe)
     with pytest.raises(SystemExit, match="data="):
         ship_mod.check_trained_as({"settings": {**settings, "data": "/elsewhere"}}, recipe)
