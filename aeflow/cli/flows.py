@@ -33,8 +33,9 @@ def add_commands(sub) -> None:
                    help=f"model spec for the embed (default {DEFAULT_MODELS['embed']})")
     s.add_argument("--cron", default="0 2 * * *", help='nightly embed schedule (default "0 2 * * *")')
     s.add_argument("--embed-interval", type=float, metavar="SECONDS", help="run the embed every SECONDS instead")
-    s.add_argument("--retrain-kind", default="denoise",
-                   choices=("denoise", "upscale", "ae", "vae", "conv-vae", "aae", "none"),
+    from models.train import KINDS  # the kinds `aeflow train` takes (numpy and Pillow only: no torch)
+
+    s.add_argument("--retrain-kind", default="denoise", choices=(*KINDS, "none"),
                    help="model kind retrained weekly and promoted if better (none: no retrain)")
     s.add_argument("--retrain-cron", default="0 3 * * 0", help='retrain schedule (default "0 3 * * 0")')
     s.add_argument("--retrain-interval", type=float, metavar="SECONDS", help="retrain every SECONDS instead")
