@@ -74,22 +74,25 @@ def node_cores(nodes: int, total: int | None = None) -> list[set[int]] | None:
 
 
 @contextmanager
-def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None):
+def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None, env: dict | None = None,
+                  own_temp_dirs: bool = False):
     """(address, env) of a throwaway cluster of `nodes` nodes x 1 CPU on 127.0.0.1, free ports, own temp dir.
 
     cores: node i's processes (raylet, its workers, on the head also GCS) run only on cores[i], the machine
-    split in two as two 1-CPU machines would be; None lets every process use every core.
+    split in two as two 1-CPU machines would be; None lets every process use every core. env: the nodes' and
+    the driver's environment (default: this process's). own_temp_dirs: each node its own Ray temp dir (sockets,
+    logs, spilled objects), as on separate machines; otherwise they share one.
 
     Torn down by the pids it started (never `ray stop`, which would stop other people's Ray on this machine).
     """
     ray = str(Path(sys.executable).with_name("ray"))
     temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths have a length limit
     # token auth must be off (or on) alike for head, workers and driver, else Ray Data jobs hang (ENVIRONMENT.md)
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ if env is None else env, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     ports = _ports(nodes)
     gcs = ports[0]
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp, "--block",
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--block",
               "--disable-usage-stats", "--min-worker-port", str(ports[1]),
               "--max-worker-port", str(ports[1] + WORKER_PORTS)]
     procs = []
@@ -101,7 +104,9 @@ def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None
             with open(log_dir / f"ray-node{i}.log", "wb") as log:
                 # Ray never sets affinity itself: what `ray start` gets, its daemons and workers inherit
                 pin = (lambda c=cores[i]: os.sched_setaffinity(0, c)) if cores else None
-                procs.append(subprocess.Popen([ray, "start", *head, *_node_ports(own), *common], env=env,
+                node_temp = f"{temp}/n{i}" if own_temp_dirs else temp
+                procs.append(subprocess.Popen([ray, "start", *head, *_node_ports(own), "--temp-dir", node_temp,
+                                               *common], env=env,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                               preexec_fn=pin))
             if i == 0:
