@@ -88,7 +88,7 @@ def session_options(threads: int):
     opts.inter_op_num_threads = 1
     # After each run, idle intra-op threads spin for a while by default, holding a core that the worker's
     # decode threads need: embedding 1000 photos (decode-bound) took 0.67-0.76 s without spinning against
-    # 0.72-1.09 s with it; inference-bound jobs measured the same either way (docs/benchmarks.md, session 4).
+    # 0.72-1.09 s with it; inference-bound jobs measured the same either way (docs/benchmarks.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts

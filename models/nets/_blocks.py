@@ -1,4 +1,4 @@
-"""Shared conv encoder/decoder stacks for the `ae` and `conv-vae` models (private plumbing)."""
+"""Shared plumbing of the model kinds: config checks, the conv encoder/decoder stacks of `ae` and `conv-vae`."""
 from __future__ import annotations
 
 import torch
@@ -13,6 +13,14 @@ def check_image_config(kind: str, channels: int, input_size: int, latent_dim: in
         raise ValueError(f"{kind}: input_size must be a positive multiple of 4, got {input_size}")
     if latent_dim < 1 or features < 1:
         raise ValueError(f"{kind}: need latent_dim >= 1 and features >= 1, got {latent_dim}, {features}")
+
+
+def check_stack_config(kind: str, channels: int, depth: int, min_depth: int, features: int) -> None:
+    """Raise ValueError for a conv stack (denoise, upscale) that cannot be built."""
+    if channels not in (1, 3):
+        raise ValueError(f"{kind}: channels must be 1 or 3, got {channels}")
+    if depth < min_depth or features < 1:
+        raise ValueError(f"{kind}: need depth >= {min_depth} and features >= 1, got {depth}, {features}")
 
 
 class ConvEncoder(nn.Module):

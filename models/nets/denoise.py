@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.nets._blocks import check_stack_config
 from models.registry import register_model
 
 
@@ -20,12 +21,9 @@ class DenoiseConfig:
     max_dilation: int = 1
 
     def __post_init__(self):
-        if self.channels not in (1, 3):
-            raise ValueError(f"denoise: channels must be 1 or 3, got {self.channels}")
+        check_stack_config("denoise", self.channels, self.depth, 2, self.features)
         if self.max_dilation < 1:
             raise ValueError(f"denoise: max_dilation must be >= 1, got {self.max_dilation}")
-        if self.depth < 2 or self.features < 1:
-            raise ValueError(f"denoise: need depth >= 2 and features >= 1, got {self.depth}, {self.features}")
 
 
 @register_model

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.nets._blocks import check_stack_config
 from models.registry import register_model
 
 
@@ -21,10 +22,7 @@ class UpscaleConfig:
     def __post_init__(self):
         if self.scale not in (2, 4):
             raise ValueError(f"upscale: scale must be 2 or 4, got {self.scale}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"upscale: channels must be 1 or 3, got {self.channels}")
-        if self.depth < 1 or self.features < 1:
-            raise ValueError(f"upscale: need depth >= 1 and features >= 1, got {self.depth}, {self.features}")
+        check_stack_config("upscale", self.channels, self.depth, 1, self.features)
 
 
 @register_model
