@@ -87,7 +87,7 @@ def local_cluster(nodes: int, log_dir: Path, cores: list[set[int]] | None = None
     """
     ray = str(Path(sys.executable).with_name("ray"))
     temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths have a length limit
-    # token auth must be off (or on) alike for head, workers and driver, else Ray Data jobs hang (ENVIRONMENT.md)
+    # token auth must be off (or on) alike for head, workers and driver, else Ray Data jobs hang
     env = dict(os.environ if env is None else env, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     ports = _ports(nodes)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The last device call of the GPU benchmark (docs/benchmarks.md, "GPU"): unpack the wheels that the earlier
-# calls sent (../shared/tools/device-wheels onnxruntime-gpu tqdm), then run bench/gpu.py once; its JSON and
+# calls sent (bench/gpu_wheels.sh), then run bench/gpu.py once; its JSON and
 # log come back under $OUT. Usage on the GPU machine, from the repository root:  bash bench/gpu_run.sh
 set -euo pipefail
 : "${OUT:?run this on the device machine, where \$OUT is set}"

@@ -73,7 +73,7 @@ def resolve_device(device: str) -> str:
 def session_providers(device: str) -> list:
     """onnxruntime providers (with options) for a resolved device."""
     if device == "cuda":
-        # HEURISTIC: EXHAUSTIVE re-benchmarks every new input shape (ENVIRONMENT.md, ONNX)
+        # HEURISTIC: EXHAUSTIVE re-benchmarks every new input shape, and batch jobs see many shapes
         return [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
     return [CPU]
 
@@ -114,7 +114,7 @@ class Predictor:
         import onnxruntime as ort
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
-            try:  # the CUDA 13 wheels need their DLLs preloaded (ENVIRONMENT.md, GPU test machine)
+            try:  # the CUDA 13 wheels find their CUDA libraries only when preloaded
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - a failed preload shows up as the fallback below
                 log.debug("onnxruntime.preload_dlls failed: %s", exc)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 INFLIGHT_PER_WORKER = 2  # one batch running, one queued: the actor never waits for the driver
 # Actors ask for this fraction of their CPU share, so a busy small cluster never deadlocks on CPU
-# accounting (ENVIRONMENT.md, Ray: fully booked CPUs starve other tasks); threads use the full share.
+# accounting (when every CPU is booked, Ray's own tasks and the next actors wait forever); threads use the full share.
 CPU_REQUEST_FRACTION = 0.9
 START_TIMEOUT_S = 300
 MAX_RESTARTS = 4  # per actor; each batch is resent at most once, so a crashing input costs two restarts
@@ -59,7 +59,8 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address == "local":
-        # address="local": a stale ray_current_cluster file would otherwise break a plain init (ENVIRONMENT.md)
+        # address="local": a stale ray_current_cluster file, left by a cluster that is gone, would otherwise make a
+        # plain init try to join it
         ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
     else:
         ray.init(address=address, **common)

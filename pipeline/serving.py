@@ -38,7 +38,7 @@ class ServeConfig:
     embed_model: str | None = None
     index_dir: str | None = None
     threads: int = 0  # onnxruntime threads per replica; 0 = cores / max replicas
-    replica_cpus: float = 0.25  # Ray CPU request per model replica: fractional (ENVIRONMENT.md, Ray)
+    replica_cpus: float = 0.25  # Ray CPU request per model replica: fractional, so replicas fit a 2-CPU node
     max_batch_size: int = 8  # serve.batch size per replica; 1 = no request batching
     batch_wait_s: float = 0.01  # serve.batch's wait for more requests once one is in
     tile: int = 512
