@@ -56,6 +56,32 @@ def make_photos(out: Path, size: int = CROP) -> list[Path]:
     return written
 
 
+def make_crops(source: Path, out: Path, size: int = CROP) -> list[Path]:
+    """One size² centre crop of every photo under `source` (e.g. PHOTOS/heldout of `python -m models.photos fetch`).
+
+    Written as `<relative path>.png`, same bytes each run; photos smaller than the crop are skipped.
+    """
+    from PIL import Image
+
+    from aeflow.imageio import iter_image_paths, load_image
+
+    source, out = Path(source), Path(out)
+    written = []
+    for p in iter_image_paths(source):
+        img = load_image(p, channels=3)
+        h, w = img.shape[:2]
+        if min(h, w) < size:
+            continue
+        y, x = (h - size) // 2, (w - size) // 2
+        dest = (out / p.relative_to(source)).with_suffix(".png")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(img[y:y + size, x:x + size])).save(dest, optimize=False)
+        written.append(dest)
+    if not written:
+        raise FileNotFoundError(f"no photo of at least {size}x{size} under {source}")
+    return written
+
+
 def load_photos(folder: Path) -> list[tuple[str, np.ndarray]]:
     """(path relative to folder, uint8 HxWx3) for every image under folder, decoded as the jobs decode them."""
     from aeflow.imageio import iter_image_paths, load_image

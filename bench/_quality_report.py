@@ -63,12 +63,30 @@ def markdown(r: dict) -> str:
             rows.append([sigma, "noisy input", _n(ms["noisy"]["psnr"]), _n(ms["noisy"]["ssim"], 4), "–"])
             rows.append([sigma, f"OpenCV NLM (h={_n(e['nlm_best_h'], 1)}, oracle)", _n(ms["nlm"]["psnr"]),
                          _n(ms["nlm"]["ssim"], 4), _spmp(ms["nlm"])])
+            if "tv" in ms:
+                rows.append([sigma, f"TV Chambolle (weight={_n(e['tv_best_weight'], 3)}, oracle)",
+                             _n(ms["tv"]["psnr"]), _n(ms["tv"]["ssim"], 4), _spmp(ms["tv"])])
             rows.append([sigma, "wavelet (BayesShrink, true σ)", _n(ms["wavelet"]["psnr"]),
                          _n(ms["wavelet"]["ssim"], 4), _spmp(ms["wavelet"])])
+            if "bm3d" in ms:
+                b = ms["bm3d"]
+                rows.append([sigma, "CBM3D (true σ)" if "psnr" in b else "CBM3D: **not installed**",
+                             _n(b.get("psnr")), _n(b.get("ssim"), 4), _spmp(b) if "psnr" in b else "–"])
+            for key, pm in ms.items():
+                if key.startswith("previous:"):
+                    rows.append([sigma, "previous " + _model_label(pm, key[9:]), _n(pm.get("psnr")),
+                                 _n(pm.get("ssim"), 4), _spmp(pm)])
             mm = ms["model"]
             rows.append([sigma, _model_label(mm, "denoise"), _n(mm.get("psnr")), _n(mm.get("ssim"), 4), _spmp(mm)])
-            rows.append([sigma, "**model − best NLM**", _db(e.get("model_minus_best_nlm_db")),
-                         _n(e.get("model_minus_best_nlm_ssim"), 4, signed=True), ""])
+            if "model_minus_best_classic_db" in e:
+                rows.append([sigma, f"**model − best of NLM, TV, wavelet** ({e['best_classic']})",
+                             _db(e.get("model_minus_best_classic_db")), "", ""])
+            else:
+                rows.append([sigma, "**model − best NLM**", _db(e.get("model_minus_best_nlm_db")),
+                             _n(e.get("model_minus_best_nlm_ssim"), 4, signed=True), ""])
+            if "model_minus_bm3d_db" in e:
+                rows.append([sigma, "**model − CBM3D**", _db(e["model_minus_bm3d_db"]),
+                             _n(e.get("model_minus_bm3d_ssim"), 4, signed=True), ""])
         lines += _table(["σ", "method", "PSNR dB", "SSIM", "s/MP"], rows)
     if "upscale" in r:
         lines += ["", "### Upscaling (PSNR/SSIM on BT.601 Y, `scale` pixels cropped at every border)", ""]
@@ -77,12 +95,22 @@ def markdown(r: dict) -> str:
             ms = e["methods"]
             for key, label in (("bicubic", "bicubic (Pillow)"), ("lanczos", "Lanczos (Pillow)")):
                 rows.append([f"x{s}", label, _n(ms[key]["psnr_y"]), _n(ms[key]["ssim_y"], 4), _spmp(ms[key])])
+            for key, pm in ms.items():
+                if key.startswith("previous:"):
+                    rows.append([f"x{s}", "previous " + _model_label(pm, key[9:]), _n(pm.get("psnr_y")),
+                                 _n(pm.get("ssim_y"), 4), _spmp(pm)])
             mm = ms["model"]
             rows.append([f"x{s}", _model_label(mm, f"upscale-x{s}"), _n(mm.get("psnr_y")), _n(mm.get("ssim_y"), 4),
                          _spmp(mm)])
             rows.append([f"x{s}", "**model − bicubic**", _db(e.get("model_minus_bicubic_db")),
                          _n(e.get("model_minus_bicubic_ssim"), 4, signed=True), ""])
         lines += _table(["scale", "method", "Y-PSNR dB", "Y-SSIM", "s/MP (output)"], rows)
+    if r.get("speed"):
+        lines += ["", "### Speed on one large photo (the job's own time after its start-up)", ""]
+        rows = [[k, f"`{v['id']}`" if "id" in v else f"`{v['spec']}`: **missing**",
+                 "x".join(str(d) for d in reversed(v.get("input", []))) or "–", _n(v.get("output_megapixels"), 2),
+                 _n(v.get("s_per_mp_job"), 3), _n(v.get("s_per_mp_process"), 3)] for k, v in r["speed"].items()]
+        lines += _table(["job", "model", "input", "output MP", "s/MP (job)", "s/MP (process)"], rows)
     if "embed" in r:
         lines += ["", "### Embeddings (5-NN accuracy, 5-fold stratified CV; precision@10, Euclidean)", ""]
         rows = []
@@ -144,10 +172,13 @@ def pictures(folder: Path, denoise_pics: dict, upscale_pics: dict) -> list[str]:
         sigmas = sorted(denoise_pics)
         sigma = 25 if 25 in denoise_pics else sigmas[len(sigmas) // 2]
         p = denoise_pics[sigma]
+        prev = [("previous", v) for k, v in p.items() if k.startswith("previous:")]
+        extra = [("CBM3D", p["bm3d"])] if "bm3d" in p else []
         written.append(strip([(f"noisy, sigma {sigma}", p["noisy"]), ("NLM", p["nlm"]), ("wavelet", p["wavelet"]),
-                              ("model", p.get("model")), ("clean", p["clean"])],
+                              *extra, *prev, ("model", p.get("model")), ("clean", p["clean"])],
                              Path(folder) / f"denoise-sigma{sigma}.png"))  # labels in ASCII: Pillow's default font
     for s, p in sorted(upscale_pics.items()):
-        written.append(strip([(f"bicubic x{s}", p["bicubic"]), ("Lanczos", p["lanczos"]), ("model", p.get("model")),
-                              ("HR", p["hr"])], Path(folder) / f"upscale-x{s}.png"))
+        prev = [("previous", v) for k, v in p.items() if k.startswith("previous:")]
+        written.append(strip([(f"bicubic x{s}", p["bicubic"]), ("Lanczos", p["lanczos"]), *prev,
+                              ("model", p.get("model")), ("HR", p["hr"])], Path(folder) / f"upscale-x{s}.png"))
     return [str(w) for w in written]

@@ -19,6 +19,8 @@ from bench._quality_data import digit_sets, read_digits, save_png, write_digits
 # h = sigma * factor, the grid NLM's h is picked from. OpenCV's colour NLM filters Lab's L with h, where noise
 # that is independent per RGB channel is weaker than sigma: its best h sits near 0.6-0.7 sigma on these photos.
 NLM_FACTORS = (0.5, 0.6, 0.7, 0.8, 1.0)
+# weight = sigma/255 * factor, the grid scikit-image's Chambolle TV weight is picked from (oracle, as NLM's h)
+TV_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 SCALES = (2, 4)
 PICTURE_PHOTO = "camera-0.png"
 CLI_TIMEOUT_S = 3600
@@ -92,16 +94,55 @@ def _rgb_scores(ref: np.ndarray, img: np.ndarray) -> dict:
     return {"psnr": qm.psnr(ref, img), "ssim": qm.ssim_rgb(ref, img)}
 
 
+def _classic(names: list[str], inputs: dict, fn, score) -> tuple[dict, dict, float]:
+    """(per-image scores, outputs, seconds) of a classic method `fn(uint8 image) -> uint8 image` over the photos."""
+    per, imgs, secs = {}, {}, 0.0
+    for n in names:
+        t0 = time.perf_counter()
+        imgs[n] = fn(inputs[n])
+        secs += time.perf_counter() - t0
+        per[n] = score(n, imgs[n])
+    return per, imgs, secs
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def _oracle(grid: dict, mp: float) -> tuple[float, dict, dict]:
+    """(best parameter, its method entry with the whole grid, its outputs) of {param: (per, imgs, secs)}."""
+    scored = {k: (_method(per, secs, mp, param=k), imgs) for k, (per, imgs, secs) in grid.items()}
+    best = max(scored, key=lambda k: scored[k][0]["psnr"])
+    entry = {**scored[best][0], "grid": {str(k): {f: v for f, v in m.items() if f != "per_image"}
+                                         for k, (m, _) in scored.items()},
+             "best_at_grid_edge": best in (min(grid), max(grid))}
+    return best, entry, scored[best][1]
+
+
+def bm3d_available() -> bool:
+    """Whether the `bm3d` package (CBM3D, the reference classic denoiser) is installed."""
+    try:
+        import bm3d  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model: dict, store: Path, runner: str,
-            work: Path, seed: int, say: Callable[[str], None]) -> tuple[dict, dict]:
-    """Per sigma: noisy input, NLM (best h of a grid), wavelet and the model; (results, arrays of the first photo)."""
+            work: Path, seed: int, say: Callable[[str], None], previous: tuple[dict, ...] = ()) -> tuple[dict, dict]:
+    """Per sigma: noisy input, NLM and TV (best of a grid), wavelet and CBM3D (true σ), the model and `previous`
+    models; (results, arrays of the picture photo)."""
     import cv2
-    from skimage.restoration import denoise_wavelet
+    from skimage.restoration import denoise_tv_chambolle, denoise_wavelet
 
     clean = {_png_name(n): a for n, a in photos}
     names = sorted(clean)
     mp = sum(a.shape[0] * a.shape[1] for a in clean.values()) / 1e6
     results, picture = {}, {}
+
+    def score(n, a):
+        return _rgb_scores(clean[n], a)
+
     for sigma in sigmas:
         rng = np.random.default_rng([seed, sigma])
         noisy = {}
@@ -110,48 +151,62 @@ def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model
             noisy[n] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
         in_dir = work / f"denoise-{sigma}" / "noisy"
         _write_inputs(in_dir, noisy)
-        methods = {"noisy": _method({n: _rgb_scores(clean[n], noisy[n]) for n in names}, None, mp)}
+        methods = {"noisy": _method({n: score(n, noisy[n]) for n in names}, None, mp)}
         outs = {"noisy": noisy}
 
+        say(f"denoise σ={sigma}: NLM grid")
         grid = {}
         for f in NLM_FACTORS:
             h = round(sigma * f, 2)
-            say(f"denoise σ={sigma}: NLM h={h}")
-            per, secs, imgs = {}, 0.0, {}
-            for n in names:
-                bgr = np.ascontiguousarray(noisy[n][..., ::-1])
-                t0 = time.perf_counter()
-                d = cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)
-                secs += time.perf_counter() - t0
-                imgs[n] = np.ascontiguousarray(d[..., ::-1])
-                per[n] = _rgb_scores(clean[n], imgs[n])
-            grid[h] = (_method(per, secs, mp, h=h), imgs)
+            grid[h] = _classic(names, noisy, lambda a, h=h: np.ascontiguousarray(cv2.fastNlMeansDenoisingColored(
+                np.ascontiguousarray(a[..., ::-1]), None, h, h, 7, 21)[..., ::-1]), score)
         # oracle choice, favourable to NLM: the h with the best mean PSNR on these very photos
-        best = max(grid, key=lambda h: grid[h][0]["psnr"])
-        methods["nlm"] = {**grid[best][0], "grid": {str(h): {k: v for k, v in m.items() if k != "per_image"}
-                                                   for h, (m, _) in grid.items()}}
-        outs["nlm"] = grid[best][1]
+        best_h, methods["nlm"], outs["nlm"] = _oracle(grid, mp)
+
+        say(f"denoise σ={sigma}: TV grid")
+        grid = {}
+        for f in TV_FACTORS:
+            w = round(sigma / 255.0 * f, 4)
+            grid[w] = _classic(names, noisy, lambda a, w=w: _to_u8(denoise_tv_chambolle(
+                a.astype(np.float64) / 255.0, weight=w, channel_axis=-1)), score)
+        best_w, methods["tv"], outs["tv"] = _oracle(grid, mp)
 
         say(f"denoise σ={sigma}: wavelet")
-        per, secs, imgs = {}, 0.0, {}
-        for n in names:
-            t0 = time.perf_counter()
-            d = denoise_wavelet(noisy[n].astype(np.float64) / 255.0, sigma=sigma / 255.0, channel_axis=-1,
-                                convert2ycbcr=True, method="BayesShrink", mode="soft", rescale_sigma=True)
-            secs += time.perf_counter() - t0
-            imgs[n] = np.clip(np.rint(d * 255.0), 0, 255).astype(np.uint8)
-            per[n] = _rgb_scores(clean[n], imgs[n])
+        per, outs["wavelet"], secs = _classic(names, noisy, lambda a: _to_u8(denoise_wavelet(
+            a.astype(np.float64) / 255.0, sigma=sigma / 255.0, channel_axis=-1, convert2ycbcr=True,
+            method="BayesShrink", mode="soft", rescale_sigma=True)), score)
         methods["wavelet"] = _method(per, secs, mp)
-        outs["wavelet"] = imgs
 
+        if bm3d_available():
+            import bm3d
+
+            say(f"denoise σ={sigma}: CBM3D ({len(names)} photos, slow)")
+            per, outs["bm3d"], secs = _classic(names, noisy, lambda a: _to_u8(bm3d.bm3d_rgb(
+                a.astype(np.float64) / 255.0, sigma / 255.0)), score)
+            methods["bm3d"] = _method(per, secs, mp)
+        else:
+            methods["bm3d"] = {"status": "missing", "error": "pip install bm3d"}
+
+        shapes = {n: a.shape for n, a in clean.items()}
+        for k, m in enumerate(previous):
+            key = f"previous:{m.get('id', m['spec'])}"
+            got: dict = {}
+            methods[key] = _model_method("denoise", m, in_dir, work / f"denoise-{sigma}" / f"prev{k}", names,
+                                         shapes, store, runner, mp, say, score, got, f"σ={sigma} (previous)")
+            if "model" in got:
+                outs[key] = got["model"]
         methods["model"] = _model_method("denoise", model, in_dir, work / f"denoise-{sigma}" / "out", names,
-                                         {n: a.shape for n, a in clean.items()}, store, runner, mp, say,
-                                         lambda n, a: _rgb_scores(clean[n], a), outs, f"σ={sigma}")
-        entry = {"methods": methods, "nlm_best_h": best, "nlm_best_at_grid_edge": best in (min(grid), max(grid)),
-                 "megapixels": mp}
+                                         shapes, store, runner, mp, say, score, outs, f"σ={sigma}")
+        classic = max(("nlm", "tv", "wavelet"), key=lambda k: methods[k]["psnr"])
+        entry = {"methods": methods, "nlm_best_h": best_h, "nlm_best_at_grid_edge": methods["nlm"]["best_at_grid_edge"],
+                 "tv_best_weight": best_w, "best_classic": classic, "megapixels": mp}
         if "psnr" in methods["model"]:
             entry["model_minus_best_nlm_db"] = methods["model"]["psnr"] - methods["nlm"]["psnr"]
             entry["model_minus_best_nlm_ssim"] = methods["model"]["ssim"] - methods["nlm"]["ssim"]
+            entry["model_minus_best_classic_db"] = methods["model"]["psnr"] - methods[classic]["psnr"]
+            if "psnr" in methods["bm3d"]:
+                entry["model_minus_bm3d_db"] = methods["model"]["psnr"] - methods["bm3d"]["psnr"]
+                entry["model_minus_bm3d_ssim"] = methods["model"]["ssim"] - methods["bm3d"]["ssim"]
         results[str(sigma)] = entry
         pic = _picture_name(names)
         picture[sigma] = {k: v[pic] for k, v in outs.items()} | {"clean": clean[pic], "name": pic}
@@ -175,8 +230,9 @@ def _model_method(job: str, model: dict, in_dir: Path, out_dir: Path, names: lis
 
 
 def upscale(photos: list[tuple[str, np.ndarray]], models: dict[int, dict], store: Path, runner: str, work: Path,
-            say: Callable[[str], None]) -> tuple[dict, dict]:
-    """Per scale: bicubic, Lanczos and the model from bicubic-downscaled inputs; Y-PSNR/SSIM with `scale` cropped."""
+            say: Callable[[str], None], previous: dict[int, list[dict]] | None = None) -> tuple[dict, dict]:
+    """Per scale: bicubic, Lanczos, the model and `previous` models (by scale) from bicubic-downscaled inputs;
+    Y-PSNR/SSIM with `scale` pixels cropped."""
     from PIL import Image
 
     from models.data import bicubic_down
@@ -206,6 +262,13 @@ def upscale(photos: list[tuple[str, np.ndarray]], models: dict[int, dict], store
                 secs += time.perf_counter() - t0
                 per[n] = score(n, imgs[n])
             methods[key], outs[key] = _method(per, secs, mp), imgs
+        for k, m in enumerate((previous or {}).get(s, [])):
+            key, got = f"previous:{m.get('id', m['spec'])}", {}
+            methods[key] = _model_method("upscale", m, in_dir, work / f"upscale-x{s}" / f"prev{k}", names,
+                                         {n: a.shape for n, a in hr.items()}, store, runner, mp, say, score, got,
+                                         f"x{s} (previous)")
+            if "model" in got:
+                outs[key] = got["model"]
         model = models.get(s, {"status": "missing", "spec": f"upscale-x{s}", "error": f"no x{s} model given"})
         methods["model"] = _model_method("upscale", model, in_dir, work / f"upscale-x{s}" / "out", names,
                                          {n: a.shape for n, a in hr.items()}, store, runner, mp, say, score, outs,
@@ -218,6 +281,34 @@ def upscale(photos: list[tuple[str, np.ndarray]], models: dict[int, dict], store
         pic = _picture_name(names)
         picture[s] = {k: v[pic] for k, v in outs.items()} | {"hr": hr[pic], "name": pic}
     return results, picture
+
+
+def speed(photo: np.ndarray, jobs: list[tuple[str, dict, int]], store: Path, runner: str, work: Path,
+          say: Callable[[str], None], megapixels: float = 4.0) -> dict:
+    """s/MP of each (job, model, scale) on one large photo (Lanczos-enlarged to about `megapixels` of output).
+
+    The small crops of the quality tables measure process start-up as much as the model; a photo of several
+    megapixels runs in tiles, as users' photos do. Reports the job's own time after its start-up.
+    """
+    from PIL import Image
+
+    out: dict = {}
+    for job, m, s in jobs:
+        if m.get("status") != "ok":
+            out[f"{job} x{s}" if job == "upscale" else job] = {"status": "missing", "spec": m["spec"]}
+            continue
+        side = int(round((megapixels * 1e6) ** 0.5 / s))  # input side, so the output has about `megapixels`
+        big = np.asarray(Image.fromarray(photo).resize((side * 4 // 3, side * 3 // 4), Image.LANCZOS))
+        key = f"{job} x{s}" if job == "upscale" else job
+        in_dir, out_dir = work / f"speed-{key.replace(' ', '')}" / "in", work / f"speed-{key.replace(' ', '')}" / "out"
+        save_png(in_dir / "big.png", big)
+        say(f"speed: {key} on one {big.shape[1]}x{big.shape[0]} photo ({m['id']})")
+        cli = run_cli(job, in_dir, out_dir, m, store, runner)
+        out_mp = big.shape[0] * big.shape[1] * s * s / 1e6
+        running = cli["job_wall_s"] - (cli["job_startup_s"] or 0.0)
+        out[key] = {"id": m["id"], "input": list(big.shape[:2]), "output_megapixels": round(out_mp, 3),
+                    "s_per_mp_job": running / out_mp, "s_per_mp_process": cli["process_s"] / out_mp, "cli": cli}
+    return out
 
 
 def embed(model: dict, store: Path, runner: str, work: Path, seed: int, say: Callable[[str], None],

@@ -1,7 +1,10 @@
 """Model quality: the store's denoise, upscale and ae models against classic baselines on a folder of photos.
 
     .venv/bin/python -m bench.quality --make-photos /tmp/heldout            # the 12 held-out 256x256 photos
+    .venv/bin/python -m bench.quality --make-photos /tmp/crops --from PHOTOS/heldout   # or the Debian hold-out
     .venv/bin/python -m bench.quality /tmp/heldout --store DIR --pictures /tmp/pics
+    .venv/bin/python -m bench.quality /tmp/crops --only denoise,upscale --denoise-previous denoise-v1 \
+        --upscale-previous upscale-x2-v1,upscale-x4-v1 --speed-mp 4
     .venv/bin/python -m bench.quality /tmp/heldout --only embed --embed-model ae:3
 
 Writes OUT/quality.json (everything) and OUT/quality.md (the tables docs/quality.md pastes). See bench/README.md.
@@ -44,6 +47,9 @@ class QualityConfig:
     pictures: Path | None = None
     seed: int = 0
     embed_limit: int | None = None  # digits per embedding set (smoke runs); None: all of them
+    denoise_previous: tuple[str, ...] = ()  # earlier denoisers to compare on the same inputs
+    upscale_previous: tuple[str, ...] = ()  # earlier upscalers, matched to a scale by their own
+    speed_mp: float | None = None  # also time the models on one photo enlarged to this many output megapixels
 
 
 def _say(msg: str) -> None:
@@ -145,18 +151,36 @@ def run(cfg: QualityConfig) -> dict:
     try:
         if "denoise" in cfg.only:
             m = report["models"]["denoise"] = resolve_model(cfg.denoise_model, store)
+            previous = tuple(resolve_model(p, store) for p in cfg.denoise_previous)
+            for k, p in enumerate(previous):
+                report["models"][f"denoise (previous {k + 1})"] = p
             report["denoise"], pics["denoise"] = _quality_tasks.denoise(photos, cfg.sigmas, m, store, cfg.runner,
-                                                                        work, cfg.seed, _say)
+                                                                        work, cfg.seed, _say, previous)
         if "upscale" in cfg.only:
             slots, notes = _upscale_slots(cfg.upscale_models, store)
             report["notes"] += notes
             for s in _quality_tasks.SCALES:
                 report["models"][f"upscale x{s}"] = slots.get(
                     s, {"spec": f"upscale-x{s}", "status": "missing", "error": f"no x{s} model among --upscale-models"})
-            report["upscale"], pics["upscale"] = _quality_tasks.upscale(photos, slots, store, cfg.runner, work, _say)
+            previous: dict[int, list[dict]] = {}
+            for p in cfg.upscale_previous:
+                m = resolve_model(p, store)
+                if m["status"] == "ok" and m["scale"] in _quality_tasks.SCALES:
+                    previous.setdefault(m["scale"], []).append(m)
+                    report["models"][f"upscale x{m['scale']} (previous)"] = m
+                else:
+                    report["notes"].append(f"previous upscale model `{p}` ignored: {m.get('error') or 'no scale'}")
+            report["upscale"], pics["upscale"] = _quality_tasks.upscale(photos, slots, store, cfg.runner, work, _say,
+                                                                        previous)
         if "embed" in cfg.only:
             m = report["models"]["embed"] = resolve_model(cfg.embed_model, store)
             report["embed"] = _quality_tasks.embed(m, store, cfg.runner, work, cfg.seed, _say, cfg.embed_limit)
+        if cfg.speed_mp and photos:
+            jobs = [("denoise", report["models"].get("denoise") or resolve_model(cfg.denoise_model, store), 1)]
+            jobs += [("upscale", report["models"].get(f"upscale x{s}") or {"spec": f"upscale-x{s}", "status": "missing"},
+                      s) for s in _quality_tasks.SCALES]
+            largest = max(photos, key=lambda t: t[1].shape[0] * t[1].shape[1])[1]
+            report["speed"] = _quality_tasks.speed(largest, jobs, store, cfg.runner, work, _say, cfg.speed_mp)
         report["notes"] += _model_notes(report["models"]) + [
             f"NLM's best h at σ={k} ({e['nlm_best_h']}) is at the edge of its grid: a wider grid might do better."
             for k, e in (report.get("denoise") or {}).items() if e["nlm_best_at_grid_edge"]]
@@ -207,8 +231,8 @@ def _csv(kind, choices: tuple[str, ...] | None = None):
     return parse
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, Path | None]:
-    """(QualityConfig, the --make-photos folder or None) from the command line."""
+def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, tuple[Path | None, Path | None]]:
+    """(QualityConfig, (the --make-photos folder or None, its --from source or None)) from the command line."""
     d = QualityConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("photos", metavar="PHOTOS_DIR", type=Path, nargs="?", help="folder of clean photos")
@@ -224,8 +248,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, Path | Non
     p.add_argument("--pictures", type=Path, default=None, help="also save before/after comparison strips here")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--embed-limit", type=int, default=None, help="digits per embedding set (smoke runs; default all)")
+    p.add_argument("--denoise-previous", type=_csv(str), default=(), help="earlier denoisers to compare (specs)")
+    p.add_argument("--upscale-previous", type=_csv(str), default=(), help="earlier upscalers to compare (specs)")
+    p.add_argument("--speed-mp", type=float, default=None,
+                   help="also time the models on one photo enlarged to this many output megapixels")
     p.add_argument("--make-photos", type=Path, default=None, metavar="DIR",
                    help="write the 12 held-out 256x256 photos to DIR and exit")
+    p.add_argument("--from", dest="make_from", type=Path, default=None, metavar="PHOTOS",
+                   help="with --make-photos: a 256x256 centre crop of every photo under PHOTOS instead")
     a = p.parse_args(argv)
     if a.make_photos is None and a.photos is None and {"denoise", "upscale"} & set(a.only):
         p.error("PHOTOS_DIR is required for denoise and upscale (make one with --make-photos DIR)")
@@ -233,17 +263,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, Path | Non
         p.error("--sigmas must be >= 1 and --embed-limit >= 20")
     cfg = QualityConfig(photos=a.photos, out=a.out, store=a.store, denoise_model=a.denoise_model,
                         upscale_models=a.upscale_models, embed_model=a.embed_model, sigmas=a.sigmas,
-                        runner=a.runner, only=a.only, pictures=a.pictures, seed=a.seed, embed_limit=a.embed_limit)
-    return cfg, a.make_photos
+                        runner=a.runner, only=a.only, pictures=a.pictures, seed=a.seed, embed_limit=a.embed_limit,
+                        denoise_previous=a.denoise_previous, upscale_previous=a.upscale_previous, speed_mp=a.speed_mp)
+    return cfg, (a.make_photos, a.make_from)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 when every model that was found ran, 1 when a model job failed."""
-    cfg, make = parse_args(argv)
+    cfg, (make, source) = parse_args(argv)
     if make is not None:
-        from bench._quality_data import make_photos
+        from bench._quality_data import make_crops, make_photos
 
-        for path in make_photos(make):
+        for path in (make_crops(source, make) if source else make_photos(make)):
             print(path)
         return 0
     report = run(cfg)

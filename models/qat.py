@@ -53,6 +53,15 @@ def conv_stack(model) -> list:
     return convs
 
 
+def is_conv_stack(model) -> bool:
+    """Whether `model` is a conv/ReLU stack that conv_stack (and so equalisation) accepts."""
+    try:
+        conv_stack(model)
+    except ValueError:
+        return False
+    return True
+
+
 def conv_inputs(model, convs: dict, calib: list[np.ndarray]) -> dict[str, list]:
     """{name: the NCHW inputs of convs[name], one tensor per calibration batch} from running `model` on them."""
     import torch
@@ -126,36 +135,80 @@ def _weight_fake_quant():
     return WeightFakeQuant()
 
 
-def _quantized_copy(model, calib, keep_float: set[str], q: float):
-    """(copy with fake-int8 weights and inputs, {conv module name: uint8 input step}, hook handles)."""
+def _record(model, points: list[tuple[str, str, str]], calib: list[np.ndarray], per_batch: int = 500_000) -> dict:
+    """{tensor: a strided sample of its values over the calibration batches} at each (module, in|out, tensor)."""
     import torch
+
+    mods = dict(model.named_modules())
+    seen: dict[str, list] = {t: [] for _, _, t in points}
+
+    def keep(t, x):
+        flat = x.detach().flatten()
+        seen[t].append(flat[::max(1, flat.numel() // per_batch)].clone())
+
+    hooks = []
+    for mod, where, t in points:
+        if where == "in":
+            hooks.append(mods[mod].register_forward_pre_hook(lambda m, i, t=t: keep(t, i[0])))
+        else:
+            hooks.append(mods[mod].register_forward_hook(lambda m, i, o, t=t: keep(t, o)))
+    try:
+        with torch.inference_mode():
+            for b in calib:
+                model(torch.from_numpy(b).permute(0, 3, 1, 2).float().div(255))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {t: torch.cat(v) for t, v in seen.items()}
+
+
+def uint8_step(x, q: float) -> tuple[float, int]:
+    """(scale, zero point) of uint8 covering x from its (1-q) to its q quantile, zero included (exactly representable).
+
+    Non-negative tensors (ReLU outputs, the image) start at 0 with zero point 0, as onnxruntime's recipe does.
+    """
+    lo = min(0.0, float(_quantile(x, 1 - q)))
+    hi = max(0.0, float(_quantile(x, q)))
+    scale = max(hi - lo, 1e-6) / 255
+    return scale, int(np.clip(round(-lo / scale), 0, 255))
+
+
+def _quantized_copy(model, calib, keep_float: set[str], points: list[tuple[str, str, str]], q: float):
+    """(copy with fake-int8 weights and activations, {tensor: (scale, zero point)}, hook handles).
+
+    `points`: (conv module, "in" or "out", ONNX tensor) for every activation the int8 graph quantizes.
+    """
+    import torch
+    from torch import nn
     from torch.nn.utils import parametrize
 
     student = copy.deepcopy(model)
-    convs = conv_stack(student)
-    names = {id(m): n for n, m in student.named_modules()}
-    xs = _inputs(student, convs, calib)
-    steps: dict[str, float] = {}
+    mods = dict(student.named_modules())
+    seen = _record(student, points, calib)
+    steps: dict[str, tuple[float, int]] = {}
     hooks = []
-    for conv, x in zip(convs, xs):
-        name = names[id(conv)]
-        if float(x.min()) < 0:
-            raise ValueError(f"{name}: inputs below zero; this fine-tuning assumes ReLU (or image) inputs")
-        # uint8 from zero with the range onnxruntime's calibration picks (a percentile of the inputs); the graph
-        # is later quantized with exactly these steps, so it computes what the fine-tuning saw
-        steps[name] = s = max(float(_quantile(x, q)), 1e-6) / 255
-        hooks.append(conv.register_forward_pre_hook(
-            lambda m, i, s=s: (torch.fake_quantize_per_tensor_affine(i[0], s, 0, 0, 255),)))
-        if name not in keep_float:
-            parametrize.register_parametrization(conv, "weight", _weight_fake_quant())
+    for mod, where, t in points:
+        # the range onnxruntime's calibration would pick (a percentile); the graph is later quantized with exactly
+        # these steps, so it computes what the fine-tuning saw
+        steps[t] = s, z = uint8_step(seen[t], q)
+
+        def fq(x, s=s, z=z):
+            return torch.fake_quantize_per_tensor_affine(x, s, z, 0, 255)
+        if where == "in":
+            hooks.append(mods[mod].register_forward_pre_hook(lambda m, i, fq=fq: (fq(i[0]),)))
+        else:
+            hooks.append(mods[mod].register_forward_hook(lambda m, i, o, fq=fq: fq(o)))
+    for name, m in mods.items():
+        if isinstance(m, nn.Conv2d) and name not in keep_float:
+            parametrize.register_parametrization(m, "weight", _weight_fake_quant())
     return student, steps, hooks
 
 
-def _int8_error(model, calib, keep_float: set[str], q: float) -> float:
+def _int8_error(model, calib, keep_float: set[str], points, q: float) -> float:
     """RMS difference in grey levels between `model` and its fake-int8 copy on the calibration batches."""
     import torch
 
-    student, _, hooks = _quantized_copy(model, calib, keep_float, q)
+    student, _, hooks = _quantized_copy(model, calib, keep_float, points, q)
     err = []
     with torch.inference_mode():
         for b in calib:
@@ -189,24 +242,29 @@ def _noisy_batch(pool: list[np.ndarray], rng: np.random.Generator, settings: Qat
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div(255)
 
 
-def finetune(model, calib: list[np.ndarray], keep_float: set[str], settings: QatSettings,
-             q: float = 0.99999, progress: bool = False):
-    """(fp32 copy for the int8 graph, {conv name: uint8 input step}, facts): equalise, then distil through int8.
+def finetune(model, calib: list[np.ndarray], keep_float: set[str], points: list[tuple[str, str, str]],
+             settings: QatSettings, q: float = 0.99999, progress: bool = False):
+    """(fp32 copy for the int8 graph, {tensor: (scale, zero point)}, facts): equalise, then distil through int8.
 
-    `keep_float`: conv module names whose weights stay float (their inputs are still quantized, as in the graph).
+    `keep_float`: conv module names whose weights stay float. `points`: where the int8 graph quantizes
+    activations, (conv module, "in" | "out", tensor name) (models.quantize reads them off its first int8 graph).
+    Equalisation needs a conv/ReLU stack; other designs (the U-Net) are fine-tuned as they are.
     """
     import torch
     import torch.nn.functional as F
+    from torch import nn
     from torch.nn.utils import parametrize
 
     t0 = time.perf_counter()
     teacher = copy.deepcopy(model).eval()
     alphas = (0.0, 0.5, 1.0) if settings.equalize is None else (settings.equalize,)
+    if not is_conv_stack(teacher):
+        alphas = (0.0,)
     # per-channel weight steps suffer from the rescaling what per-tensor input steps gain: measure, not guess
     candidates = {a: equalize(teacher, calib, a) for a in alphas}
-    errors = {a: _int8_error(m, calib, keep_float, q) for a, m in candidates.items()}
+    errors = {a: _int8_error(m, calib, keep_float, points, q) for a, m in candidates.items()}
     alpha = min(errors, key=errors.get)
-    student, steps, hooks = _quantized_copy(candidates[alpha], calib, keep_float, q)
+    student, steps, hooks = _quantized_copy(candidates[alpha], calib, keep_float, points, q)
     del candidates
     student.train()
     torch.manual_seed(settings.seed)
@@ -237,14 +295,15 @@ def finetune(model, calib: list[np.ndarray], keep_float: set[str], settings: Qat
     student.eval()
     for h in hooks:
         h.remove()
-    for conv in conv_stack(student):
-        if parametrize.is_parametrized(conv, "weight"):
+    for conv in student.modules():
+        if isinstance(conv, nn.Conv2d) and parametrize.is_parametrized(conv, "weight"):
             parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
     tenth = max(1, len(rmses) // 10)
     facts = {**asdict(settings), "equalize": alpha,
              "equalize_errors": {str(a): round(e, 3) for a, e in errors.items()},
              "loss": "MSE to the fp32 model's output through fake int8",
-             "data": "training photos + 16 dead-leaves images, sigma 5-55", "input_steps": steps,
+             "data": "training photos + 16 dead-leaves images, sigma 5-55",
+             "activation_steps": {t: [round(sc, 9), z] for t, (sc, z) in steps.items()},
              # single batches are noisy: the first and last tenth of the run, averaged
              "rmse_levels_first": round(float(np.mean(rmses[:tenth])), 3) if rmses else None,
              "rmse_levels_last": round(float(np.mean(rmses[-tenth:])), 3) if rmses else None,

@@ -78,14 +78,14 @@ def _keep_float(kind: str, path: Path) -> list[str]:
 
 
 def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
-              steps: dict[str, float] | None = None) -> dict:
-    """QDQ-quantize src; `steps`: {tensor name: uint8 step} fixed instead of calibrated (models.qat's)."""
+              steps: dict[str, tuple[float, int]] | None = None) -> dict:
+    """QDQ-quantize src; `steps`: {tensor name: (scale, uint8 zero point)} fixed instead of calibrated (models.qat's)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra: dict = {"CalibPercentile": 99.999}
     if steps:
-        extra["TensorQuantOverrides"] = {t: [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.uint8)}]
-                                         for t, s in steps.items()}
+        extra["TensorQuantOverrides"] = {t: [{"scale": np.array(s, np.float32), "zero_point": np.array(z, np.uint8)}]
+                                         for t, (s, z) in steps.items()}
     kw = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
               weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
               op_types_to_quantize=["Conv", "Relu"], nodes_to_exclude=keep, extra_options=extra)
@@ -218,6 +218,35 @@ def loss_db(check: dict) -> float:
     return -min(check["delta_db"].values())
 
 
+def conv_module(node) -> str:
+    """The torch module name of an exported Conv node, from its weight's initializer ("core.model.X.weight")."""
+    return node.input[1][len("core.model."):-len(".weight")]
+
+
+def quant_points(fp32: Path, quantized: Path) -> list[tuple[str, str, str]]:
+    """Where an int8 graph quantizes activations, as (conv module, "in" | "out", tensor) of the fp32 graph.
+
+    A conv's own output when the conv produced the tensor (its skips then see the rounded values too), else the
+    input of the conv that consumes it (a ReLU's output, a sum of skips, the padded image).
+    """
+    import onnx
+
+    fp = onnx.load(str(fp32)).graph
+    convs = [n for n in fp.node if n.op_type == "Conv"]
+    made_by = {n.output[0]: n for n in convs}
+    fed = {}
+    for n in convs:
+        fed.setdefault(n.input[0], n)
+    tensors = [n.input[0] for n in onnx.load(str(quantized)).graph.node if n.op_type == "QuantizeLinear"]
+    points = []
+    for t in dict.fromkeys(tensors):
+        if t in made_by:
+            points.append((conv_module(made_by[t]), "out", t))
+        elif t in fed:
+            points.append((conv_module(fed[t]), "in", t))
+    return points
+
+
 def _qat_int8(model, fp32: Path, out: Path, calib: list[np.ndarray], keep: list[str], settings,
               progress: bool) -> dict:
     """Write the int8 graph of a quantization-aware fine-tuned copy of `model` to out; its recipe."""
@@ -226,18 +255,19 @@ def _qat_int8(model, fp32: Path, out: Path, calib: list[np.ndarray], keep: list[
     from models.export import export_onnx
     from models.qat import finetune
 
-    def module(node_name: str) -> str:  # "/core/model/net/net.14/Conv" -> "net.14" (TorchScript export names)
-        return node_name.rsplit("/", 2)[-2]
-
-    student, steps, facts = finetune(model, calib, {module(n) for n in keep}, settings, progress=progress)
     with tempfile.TemporaryDirectory() as tmp:
+        ptq = Path(tmp) / "ptq.onnx"
+        _quantize(fp32, ptq, calib, keep)
+        points = quant_points(fp32, ptq)
+        kept = {conv_module(n) for n in onnx.load(str(fp32)).graph.node if n.name in keep}
+        student, steps, facts = finetune(model, calib, kept, points, settings, progress=progress)
         src = Path(tmp) / "finetuned.onnx"
         export_onnx(student, src, name="int8-source", version=0)
-        convs = [n for n in onnx.load(str(src)).graph.node if n.op_type == "Conv"]
-        missing = set(steps) - {module(n.name) for n in convs}
+        names = {t for n in onnx.load(str(src)).graph.node for t in n.output}
+        missing = set(steps) - names
         if missing:
-            raise ValueError(f"fine-tuned convs {sorted(missing)} not found in the exported graph")
-        recipe = _quantize(src, out, calib, keep, {n.input[0]: steps[module(n.name)] for n in convs})
+            raise ValueError(f"fine-tuned tensors {sorted(missing)[:3]} not found in the exported graph")
+        recipe = _quantize(src, out, calib, keep, steps)
     recipe["qat"] = facts
     return recipe
 

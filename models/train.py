@@ -15,7 +15,9 @@ from models.data import ARRAY_KINDS, PATCH_KINDS, VIEW_KINDS, PatchData, degrade
 log = logging.getLogger(__name__)
 
 KINDS = PATCH_KINDS + ARRAY_KINDS + VIEW_KINDS
-SIZES = ("tiny", "small", "base")
+# model presets (models/nets SIZES); "unet" is the denoiser's U-Net, "resnet" the upscalers' residual design
+SIZES = ("tiny", "small", "base", "unet", "resnet")
+LOSSES = ("mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 PRIORS = ("gaussian", "mixture", "mixture-labels")  # aae: the latent prior (models/nets/aae.py draws them)
@@ -54,6 +56,7 @@ class TrainSettings:
     dilation: int | None = None    # denoise: max dilation of the convs (IRCNN ramp); None: the size preset's
     prior: str = "gaussian"        # aae: gaussian | mixture (10 on a circle) | mixture-labels (one per class)
     contrast: float = 0.1          # photo-ae: weight of the InfoNCE term between two edited views
+    loss: str = "mse"              # denoise/upscale: mse | l1 between the output and the clean target
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -62,6 +65,8 @@ class TrainSettings:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.loss not in LOSSES or (self.loss != "mse" and self.kind not in PATCH_KINDS):
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}; l1 applies to {', '.join(PATCH_KINDS)} only")
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
         if self.prior != "gaussian" and self.kind != "aae":
@@ -153,19 +158,19 @@ def to_tensor(a: np.ndarray, device: str):
     return torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def compute_loss(model, kind: str, inp, target, beta: float = 1.0, contrast: float = 0.1):
+def compute_loss(model, kind: str, inp, target, beta: float = 1.0, contrast: float = 0.1, loss: str = "mse"):
     """The training loss of one batch (a scalar tensor).
 
-    denoise and upscale: MSE, which is what PSNR measures (DnCNN trains with it). L1 (EDSR's choice) was
-    measured on upscale here and kept the residual branch at zero (0 is the median residual of flat areas):
-    +0.0 dB over the model's bicubic base after 800 steps, where MSE gained 1.1 dB in 100 steps.
+    denoise and upscale: `loss`, MSE by default, which is what PSNR measures (DnCNN trains with it). L1
+    (EDSR's choice) was measured on the espcn upscaler here and kept its residual branch at zero (0 is the
+    median residual of flat areas): +0.0 dB over bicubic after 800 steps, where MSE gained 1.1 dB in 100 steps.
     ae and aae: MSE of the reconstruction (the aae's adversarial phases are in models/adversarial.py).
     vae/conv-vae: vae_loss (reconstruction + beta*KL).
     """
     import torch.nn.functional as F
 
     if kind in ("denoise", "upscale"):
-        return F.mse_loss(model(inp), target)
+        return (F.l1_loss if loss == "l1" else F.mse_loss)(model(inp), target)
     if kind in ("ae", "aae"):
         x_hat, _ = model(inp)
         return F.mse_loss(x_hat, inp)
@@ -368,7 +373,7 @@ def train_step(model, optimizer, settings: TrainSettings, inp, target) -> dict[s
         from models.adversarial import train_step as aae_step
 
         return aae_step(model, optimizer, inp, target)
-    loss = compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast)
+    loss = compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast, settings.loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -410,6 +415,6 @@ def evaluate_loss(model, settings: TrainSettings, batches) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for inp, target in batches:
-            total += float(compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast)) * len(inp)
+            total += float(compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast, settings.loss)) * len(inp)
             n += len(inp)
     return total / max(n, 1)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from bench import _quality_metrics as qm
-from bench._quality_data import make_photos
+from bench import _quality_tasks
+from bench._quality_data import make_crops, make_photos
 from tests.conftest import make_photo
 from tests.serving.helpers import pipeline_models
 
@@ -97,6 +98,23 @@ def test_held_out_folder_is_12_deterministic_crops_of_held_out_photos(tmp_path, 
         assert not np.array_equal(arrays[f"{src}-0.png"], arrays[f"{src}-1.png"])
 
 
+def test_crops_of_a_photo_folder_are_centred_deterministic_and_skip_small_photos(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    big = make_photo(300, 280, seed=3)
+    Image.fromarray(big).save(src / "pkg" / "big.jpg", quality=95)
+    Image.fromarray(make_photo(100, 100, seed=4)).save(src / "small.png")
+    a, b = make_crops(src, tmp_path / "a"), make_crops(src, tmp_path / "b")
+    assert [p.relative_to(tmp_path / "a").as_posix() for p in a] == ["pkg/big.png"]
+    assert a[0].read_bytes() == b[0].read_bytes()
+    from aeflow.imageio import load_image
+
+    decoded = load_image(src / "pkg" / "big.jpg", channels=3)
+    assert np.array_equal(np.asarray(Image.open(a[0])), decoded[22:278, 12:268])
+    with pytest.raises(FileNotFoundError, match="at least 512x512"):
+        make_crops(src / "pkg", tmp_path / "c", size=512)
+
+
 def test_smoke_run_writes_report_and_tables(tmp_path):
     store = pipeline_models().build_store(tmp_path / "store")
     photos = tmp_path / "photos"
@@ -108,7 +126,10 @@ def test_smoke_run_writes_report_and_tables(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.quality", str(photos), "--store", str(store), "--out", str(out),
                         "--pictures", str(pics), "--embed-limit", "60", "--runner", "local",
                         # a name neither the store nor the shipped models hold: reported, not fatal
-                        "--upscale-models", "upscale-x2,nothing-x4"],
+                        "--upscale-models", "upscale-x2,nothing-x4",
+                        # the same models as "previous" ones: the comparison rows, wired end to end
+                        "--denoise-previous", "denoise:1", "--upscale-previous", "upscale-x2:1",
+                        "--speed-mp", "0.05"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     rep = json.loads((out / "quality.json").read_text())
@@ -123,18 +144,29 @@ def test_smoke_run_writes_report_and_tables(tmp_path):
     assert set(rep["denoise"]) == {"15", "25", "50"}
     for e in rep["denoise"].values():
         ms = e["methods"]
-        assert set(ms) == {"noisy", "nlm", "wavelet", "model"}
-        for key in ("nlm", "wavelet", "model"):
+        assert set(ms) == {"noisy", "nlm", "tv", "wavelet", "bm3d", "previous:denoise:1", "model"}
+        # CBM3D runs where the bench extra is installed, and is reported missing elsewhere
+        assert ("psnr" in ms["bm3d"]) == _quality_tasks.bm3d_available()
+        keys = ("nlm", "tv", "wavelet", "model", "previous:denoise:1") + (("bm3d",) if "psnr" in ms["bm3d"] else ())
+        for key in keys:
             assert math.isfinite(ms[key]["psnr"]) and 0 < ms[key]["ssim"] <= 1 and ms[key]["s_per_mp"] > 0
             assert set(ms[key]["per_image"]) == {"p0.png", "p1.png"}
         assert len(ms["nlm"]["grid"]) == 5 and str(e["nlm_best_h"]) in ms["nlm"]["grid"]
         assert ms["model"]["s_per_mp_job"] > 0 and "aeflow" in ms["model"]["cli"]["command"]
         assert math.isfinite(e["model_minus_best_nlm_db"])
+        assert len(ms["tv"]["grid"]) == 5 and e["best_classic"] in ("nlm", "tv", "wavelet")
+        best = max(ms[k]["psnr"] for k in ("nlm", "tv", "wavelet"))
+        assert e["model_minus_best_classic_db"] == pytest.approx(ms["model"]["psnr"] - best)
+        # the same model twice gives the same outputs
+        assert ms["previous:denoise:1"]["psnr"] == pytest.approx(ms["model"]["psnr"])
 
     x2, x4 = rep["upscale"]["2"], rep["upscale"]["4"]
     for key in ("bicubic", "lanczos", "model"):
         assert math.isfinite(x2["methods"][key]["psnr_y"]) and x2["methods"][key]["s_per_mp"] > 0
     assert math.isfinite(x2["model_minus_bicubic_db"])
+    assert x2["methods"]["previous:upscale-x2:1"]["psnr_y"] == pytest.approx(x2["methods"]["model"]["psnr_y"])
+    assert rep["speed"]["denoise"]["s_per_mp_job"] > 0 and rep["speed"]["upscale x2"]["output_megapixels"] > 0.04
+    assert rep["speed"]["upscale x4"]["status"] == "missing"
     assert x4["methods"]["model"]["status"] == "missing" and "model_minus_bicubic_db" not in x4
     assert math.isfinite(x4["methods"]["lanczos"]["psnr_y"])
 
@@ -147,7 +179,8 @@ def test_smoke_run_writes_report_and_tables(tmp_path):
             assert 0 <= ms[key]["knn_acc"] <= 1 and 0 <= ms[key]["p_at_10"] <= 1
         assert math.isfinite(e["ae_minus_pca"]["knn_acc"])
 
-    for title in ("### Denoising", "### Upscaling", "### Embeddings", "model − best NLM", "model − bicubic",
+    for title in ("### Denoising", "### Upscaling", "### Embeddings", "### Speed", "model − best of NLM, TV, wavelet",
+                  "TV Chambolle", "CBM3D", "previous model `denoise:1`", "model − bicubic",
                   "ae − best PCA", "PCA, L2-normalised", "**missing**", "not trained on 28x28 grey MNIST"):
         assert title in md, title
     assert sorted(Path(p).name for p in rep["pictures"]) == ["denoise-sigma25.png", "upscale-x2.png",

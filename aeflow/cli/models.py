@@ -8,8 +8,7 @@ from pathlib import Path
 
 from aeflow.errors import UsageError
 
-_CHOICES = {"size": ("tiny", "small", "base"), "device": ("auto", "cpu", "cuda"), "scale": (2, 4),
-            "lr_schedule": ("constant", "cosine")}
+_CHOICES = {"scale": (2, 4)}
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 _HELP = {
     "data": "a folder of images, builtin:photos, builtin:mnist or builtin:digits",
@@ -19,7 +18,9 @@ _HELP = {
     "scale": "upscale factor", "patch_size": "side of the training patch (image models)",
     "sigma_min": "denoise: lowest noise sigma, 0-255 scale", "sigma_max": "denoise: highest noise sigma",
     "patience": "epochs without a better validation loss before stopping",
-    "steps_per_epoch": "batches per epoch (image models)", "size": "model size preset",
+    "steps_per_epoch": "batches per epoch (image models)",
+    "size": "model preset: tiny, small, base; unet (denoise: the 3-scale U-Net), resnet (upscale: residual blocks)",
+    "loss": "denoise/upscale: mse or l1 between the output and the clean image",
     "limit": "use at most this many images or samples", "beta": "weight of the KL term (vae, conv-vae)",
     "synthetic": "denoise/upscale: add this many generated dead-leaves images to the training split",
     "lr_schedule": "constant, or cosine decay to 0 over all epochs",
@@ -40,9 +41,9 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """Add the `train` and `models` verbs."""
-    from models.train import KINDS, PRIORS, TrainSettings
+    from models.train import DEVICES, KINDS, LOSSES, LR_SCHEDULES, PRIORS, SIZES, TrainSettings
 
-    choices = dict(_CHOICES, prior=PRIORS)
+    choices = dict(_CHOICES, prior=PRIORS, size=SIZES, device=DEVICES, lr_schedule=LR_SCHEDULES, loss=LOSSES)
 
     t = sub.add_parser("train", help="train a model, export it to ONNX and register it in the store",
                        description="Train KIND on --data, evaluate it, draw its pictures, export model.onnx and "

@@ -1,4 +1,4 @@
-"""Shared plumbing of the model kinds: config checks, the conv encoder/decoder stacks of `ae` and `conv-vae`."""
+"""Shared plumbing of the model kinds: config checks, a residual block, the conv encoder/decoder of `ae`/`conv-vae`."""
 from __future__ import annotations
 
 import torch
@@ -21,6 +21,19 @@ def check_stack_config(kind: str, channels: int, depth: int, min_depth: int, fea
         raise ValueError(f"{kind}: channels must be 1 or 3, got {channels}")
     if depth < min_depth or features < 1:
         raise ValueError(f"{kind}: need depth >= {min_depth} and features >= 1, got {depth}, {features}")
+
+
+class ResBlock(nn.Module):
+    """x + conv3x3(relu(conv3x3(x))), `features` channels throughout (EDSR's block, no batch norm)."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(features, features, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same shape as x."""
+        return x + self.body(x)
 
 
 class ConvEncoder(nn.Module):

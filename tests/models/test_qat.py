@@ -43,9 +43,7 @@ def test_equalize_keeps_the_output_and_evens_the_channel_ranges(denoiser):
 
 
 def test_finetuned_int8_graph_is_closer_to_fp32_and_uses_the_learned_steps(denoiser, tmp_path):
-    import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     model, fp32 = denoiser
     calib = _calib()
@@ -67,21 +65,52 @@ def test_finetuned_int8_graph_is_closer_to_fp32_and_uses_the_learned_steps(denoi
     err_qat, err_ptq = np.sqrt(((run(out) - ref) ** 2).mean()), np.sqrt(((run(ptq) - ref) ** 2).mean())
     assert err_qat < 0.9 * err_ptq  # measured: 0.52 against 0.68 grey levels RMS
 
-    # every conv input is quantized with the step the fine-tuning saw, not one calibrated afresh
-    g = onnx.load(str(out)).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
-    got = {}
-    for n in g.node:
-        if n.op_type == "Conv":  # Conv <- DequantizeLinear <- QuantizeLinear: the step is the Q's scale
-            dq = producers[n.input[0]]
-            assert dq.op_type == "DequantizeLinear"
-            got[n.name.rsplit("/", 2)[-2]] = float(inits[producers[dq.input[0]].input[1]])
-    assert got.keys() == facts["input_steps"].keys() and len(got) == len(qat.conv_stack(model))
-    for name, step in facts["input_steps"].items():
-        assert got[name] == pytest.approx(step, rel=1e-6)
+    # every quantized activation has the step the fine-tuning saw, not one calibrated afresh
+    got = _q_steps(out)
+    assert got.keys() == facts["activation_steps"].keys() and len(got) == len(qat.conv_stack(model))
+    for t, (scale, zero) in facts["activation_steps"].items():
+        assert got[t][0] == pytest.approx(scale, rel=1e-6) and got[t][1] == zero == 0  # ReLU inputs: from 0
     assert facts["equalize"] in (0.0, 0.5, 1.0) and facts["equalize_errors"][str(facts["equalize"])] == min(
         facts["equalize_errors"].values())
+
+
+def _q_steps(path) -> dict:
+    """{tensor: (scale, zero point)} of every QuantizeLinear of a QDQ graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    return {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]])) for n in g.node
+            if n.op_type == "QuantizeLinear"}
+
+
+def test_unet_finetuning_quantizes_signed_skips_with_their_zero_point(tmp_path):
+    """The U-Net is no ReLU stack: no equalisation, and its skip sums are signed (uint8 with a zero point)."""
+    torch.manual_seed(0)
+    m = create_model("denoise", arch="unet", features=8).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(m, fp32, name="u", version=1)
+    calib = _calib()
+    keep = quantize._keep_float("denoise", fp32)
+    ptq = tmp_path / "ptq.onnx"
+    quantize._quantize(fp32, ptq, calib, keep)
+    points = quantize.quant_points(fp32, ptq)
+    assert {w for _, w, _ in points} == {"in", "out"} and len(points) == len(_q_steps(ptq))
+    out = tmp_path / "qat.onnx"
+    recipe = quantize._qat_int8(m, fp32, out, calib, keep, qat.QatSettings(steps=30, crop=32, batch=2),
+                                progress=False)
+    facts = recipe["qat"]
+    assert facts["equalize"] == 0.0 and list(facts["equalize_errors"]) == ["0.0"]
+    got = _q_steps(out)
+    assert got.keys() == facts["activation_steps"].keys()
+    zeros = [z for _, z in facts["activation_steps"].values()]
+    assert any(z > 0 for z in zeros) and any(z == 0 for z in zeros)  # signed sums and ReLU outputs
+    for t, (scale, zero) in facts["activation_steps"].items():
+        assert got[t] == (pytest.approx(scale, rel=1e-6), zero)
 
 
 def test_build_int8_falls_back_to_finetuning_and_records_both(denoiser, tmp_path, monkeypatch):

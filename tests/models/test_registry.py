@@ -55,7 +55,8 @@ def test_forward_shapes(kind):
 
 
 @pytest.mark.parametrize("kind,cfg", [("denoise", {}), ("denoise", {"max_dilation": 3}), ("upscale", {"scale": 2}),
-                                      ("upscale", {"scale": 4})])
+                                      ("upscale", {"scale": 4}), ("upscale", {"scale": 2, "arch": "resnet"}),
+                                      ("upscale", {"scale": 4, "arch": "resnet"})])
 def test_halo_bounds_receptive_field(kind, cfg):
     """Changing one input pixel changes only outputs within `halo` input pixels of it (what tiling relies on)."""
     torch.manual_seed(0)
@@ -115,6 +116,65 @@ def test_register_model_rejects_duplicates_and_incomplete_classes():
     list_models()  # make sure the real "denoise" is registered first
     with pytest.raises(ValueError, match="already registered"):
         register_model(Clash)
+
+
+def _unet(features: int = 8):
+    torch.manual_seed(0)
+    m = create_model("denoise", arch="unet", features=features).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def test_unet_halo_bounds_its_receptive_field_at_every_stride_phase():
+    """The U-Net's reach depends on where a pixel sits on its 4-pixel stride grid: the halo covers every phase."""
+    m = _unet()
+    assert m.halo % m.unet.STRIDE == 0
+    reaches = []
+    for phase in range(m.unet.STRIDE):
+        c = 40 + phase
+        x = torch.rand(1, 3, 96, 96)
+        x2 = x.clone()
+        x2[0, :, c, c] += 0.5
+        with torch.no_grad():
+            changed = (m(x2) - m(x)).abs().amax(dim=1)[0] > 1e-7
+        ys, xs = torch.nonzero(changed, as_tuple=True)
+        reaches.append(int(torch.maximum((ys - c).abs(), (xs - c).abs()).max()))
+    assert max(reaches) <= m.halo < max(reaches) + m.unet.STRIDE  # covered, with less than one stride of slack
+
+
+@pytest.mark.parametrize("h,w", [(70, 90), (64, 33)])
+def test_unet_tiled_equals_untiled_on_any_size(h, w):
+    """Tiles start on the stride grid of the whole image (tile and halo multiples of 4): stitched == whole."""
+    import numpy as np
+
+    from pipeline.tiling import predict_tiled
+
+    m = _unet()
+    img = np.random.default_rng(h).random((h, w, 3)).astype(np.float32)
+
+    def run(batch):
+        with torch.no_grad():
+            return m(torch.from_numpy(batch).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    whole = run(img[None])[0]
+    assert whole.shape == img.shape  # padded to the stride inside, cropped back
+    tiled = predict_tiled(run, img, 24, m.halo)
+    assert np.abs(tiled - whole).max() < 1e-5
+
+
+def test_unet_and_resnet_presets():
+    d = create_model("denoise", size="unet")
+    assert d.cfg.arch == "unet" and 0.5e6 < sum(p.numel() for p in d.parameters()) < 0.6e6
+    u = create_model("upscale", size="resnet", scale=4)
+    assert u.cfg.arch == "resnet" and u.halo == 11
+    with torch.no_grad():  # starts as bicubic: the residual branch's last conv is zero
+        x = torch.rand(1, 3, 12, 10)
+        assert torch.allclose(u(x), u.bicubic(x))
+    with pytest.raises(ValueError, match="arch"):
+        create_model("denoise", arch="transformer")
+    with pytest.raises(ValueError, match="max_dilation applies to the dncnn"):
+        create_model("denoise", arch="unet", max_dilation=2)
 
 
 def test_dilated_denoiser_ramps_up_and_down():

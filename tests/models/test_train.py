@@ -98,3 +98,33 @@ def test_contrast_is_a_photo_ae_setting():
         TrainSettings(kind="ae", contrast=0.5)
     with pytest.raises(ValueError, match="--contrast"):
         TrainSettings(kind="photo-ae", contrast=-1)
+
+
+def test_l1_loss_is_what_the_denoiser_trains_and_validates_on():
+    import torch
+
+    from models.registry import create_model
+    from models.train import compute_loss
+
+    with pytest.raises(ValueError, match="loss"):
+        TrainSettings(kind="ae", loss="l1")
+    with pytest.raises(ValueError, match="loss"):
+        TrainSettings(kind="denoise", loss="huber")
+    m = create_model("denoise", "tiny").eval()
+    x, y = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        out = m(x)
+        assert float(compute_loss(m, "denoise", x, y, loss="l1")) == pytest.approx(float((out - y).abs().mean()))
+        assert float(compute_loss(m, "denoise", x, y)) == pytest.approx(float(((out - y) ** 2).mean()))
+
+
+def test_unet_denoiser_trains_from_the_cli_settings(photo_dir, tmp_path):
+    s = TrainSettings(kind="denoise", data=str(photo_dir), size="unet", loss="l1", epochs=1, steps_per_epoch=2,
+                      batch_size=2, patch_size=20, val_fraction=0.3)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        r = train_model(s, tmp_path / "w", progress=False)
+    from models.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(r.checkpoint)
+    assert ck["config"]["arch"] == "unet" and ck["settings"]["loss"] == "l1"
+    assert math.isfinite(r.history[0]["val_loss"])
