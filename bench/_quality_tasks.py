@@ -172,7 +172,7 @@ def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model
         best_w, methods["tv"], outs["tv"] = _oracle(grid, mp)
 
         say(f"denoise σ={sigma}: wavelet")
-        per, outs["wavelet"], secs = _classic(names, noisy, lambda a: _to_u8(denoise_wavelet(
+        per, outs["wavelet"], secs = _classic(names, noisy, lambda a, sigma=sigma: _to_u8(denoise_wavelet(
             a.astype(np.float64) / 255.0, sigma=sigma / 255.0, channel_axis=-1, convert2ycbcr=True,
             method="BayesShrink", mode="soft", rescale_sigma=True)), score)
         methods["wavelet"] = _method(per, secs, mp)
@@ -181,7 +181,7 @@ def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model
             import bm3d
 
             say(f"denoise σ={sigma}: CBM3D ({len(names)} photos, slow)")
-            per, outs["bm3d"], secs = _classic(names, noisy, lambda a: _to_u8(bm3d.bm3d_rgb(
+            per, outs["bm3d"], secs = _classic(names, noisy, lambda a, sigma=sigma: _to_u8(bm3d.bm3d_rgb(
                 a.astype(np.float64) / 255.0, sigma / 255.0)), score)
             methods["bm3d"] = _method(per, secs, mp)
         else:

@@ -177,8 +177,8 @@ def run(cfg: QualityConfig) -> dict:
             report["embed"] = _quality_tasks.embed(m, store, cfg.runner, work, cfg.seed, _say, cfg.embed_limit)
         if cfg.speed_mp and photos:
             jobs = [("denoise", report["models"].get("denoise") or resolve_model(cfg.denoise_model, store), 1)]
-            jobs += [("upscale", report["models"].get(f"upscale x{s}") or {"spec": f"upscale-x{s}", "status": "missing"},
-                      s) for s in _quality_tasks.SCALES]
+            jobs += [("upscale", report["models"].get(f"upscale x{s}")
+                      or {"spec": f"upscale-x{s}", "status": "missing"}, s) for s in _quality_tasks.SCALES]
             largest = max(photos, key=lambda t: t[1].shape[0] * t[1].shape[1])[1]
             report["speed"] = _quality_tasks.speed(largest, jobs, store, cfg.runner, work, _say, cfg.speed_mp)
         report["notes"] += _model_notes(report["models"]) + [

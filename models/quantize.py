@@ -79,7 +79,7 @@ def _keep_float(kind: str, path: Path) -> list[str]:
 
 def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
               steps: dict[str, tuple[float, int]] | None = None) -> dict:
-    """QDQ-quantize src; `steps`: {tensor name: (scale, uint8 zero point)} fixed instead of calibrated (models.qat's)."""
+    """QDQ-quantize src; `steps`: {tensor: (scale, uint8 zero point)} fixed instead of calibrated (models.qat's)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra: dict = {"CalibPercentile": 99.999}

@@ -415,6 +415,7 @@ def evaluate_loss(model, settings: TrainSettings, batches) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for inp, target in batches:
-            total += float(compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast, settings.loss)) * len(inp)
+            loss = compute_loss(model, settings.kind, inp, target, settings.beta, settings.contrast, settings.loss)
+            total += float(loss) * len(inp)
             n += len(inp)
     return total / max(n, 1)
