@@ -70,11 +70,20 @@ def _reader(batches: list[np.ndarray]):
     return Reader()
 
 
-def _keep_float(kind: str, path: Path) -> list[str]:
+def _keep_float(model, path: Path) -> list[str]:
+    """The Conv nodes of the graph at `path` that stay float: the model's `float_convs` modules, and fixed filters.
+
+    A conv whose weight is no module parameter is a fixed filter (the upscaler's bicubic base): it stays exact.
+    """
     import onnx
 
-    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
-    return [convs[-1]] if kind == "denoise" else [convs[0]]
+    keep = set(model.float_convs)
+    return [n.name for n in onnx.load(str(path)).graph.node
+            if n.op_type == "Conv" and (conv_module(n) in keep or not _reads_parameter(n))]
+
+
+def _reads_parameter(node) -> bool:
+    return node.input[1].startswith("core.model.") and node.input[1].endswith(".weight")
 
 
 def _quantize(src: Path, out: Path, calib: list[np.ndarray], keep: list[str],
@@ -285,7 +294,7 @@ def build_int8(model, kind: str, scale: int, fp32: Path, out: Path, qat=None, pr
     fp32, out = Path(fp32), Path(out)
     model = model.eval()
     calib = _batches(crops(kind, scale, seed=0, n=CALIB_CROPS))
-    keep = _keep_float(kind, fp32)
+    keep = _keep_float(model, fp32)
     with tempfile.TemporaryDirectory() as tmp:
         first, corrected = Path(tmp) / "first.onnx", Path(tmp) / "corrected.onnx"
         recipe = _quantize(fp32, first, calib, keep)

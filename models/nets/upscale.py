@@ -80,6 +80,12 @@ class Upscaler(nn.Module):
         return 2 + self.cfg.depth
 
 
+    @property
+    def float_convs(self) -> list[str]:
+        """Conv modules the int8 graph keeps in float (models.quantize): none; the bicubic base, a fixed filter
+        and no module, stays float anyway."""
+        return []
+
     def bicubic(self, x: torch.Tensor) -> torch.Tensor:
         """torch's bicubic upsampling (align_corners=False, edge-clamped) as edge pad + depthwise conv + PixelShuffle.
 

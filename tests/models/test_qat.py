@@ -47,7 +47,8 @@ def test_finetuned_int8_graph_is_closer_to_fp32_and_uses_the_learned_steps(denoi
 
     model, fp32 = denoiser
     calib = _calib()
-    keep = quantize._keep_float("denoise", fp32)
+    keep = quantize._keep_float(model, fp32)
+    assert len(keep) == 1 and keep[0].endswith(f"/net.{len(model.net) - 1}/Conv")  # the output conv
     ptq = tmp_path / "ptq.onnx"
     quantize._quantize(fp32, ptq, calib, keep)
     out = tmp_path / "qat.onnx"
@@ -95,7 +96,8 @@ def test_unet_finetuning_quantizes_signed_skips_with_their_zero_point(tmp_path):
     fp32 = tmp_path / "model.onnx"
     export_onnx(m, fp32, name="u", version=1)
     calib = _calib()
-    keep = quantize._keep_float("denoise", fp32)
+    keep = quantize._keep_float(m, fp32)
+    assert len(keep) == len(m.float_convs) == 7  # the full-resolution convs
     ptq = tmp_path / "ptq.onnx"
     quantize._quantize(fp32, ptq, calib, keep)
     points = quantize.quant_points(fp32, ptq)
@@ -131,3 +133,14 @@ def test_finetuning_is_for_conv_relu_stacks_only(tmp_path):
         quantize.build_int8(up, "upscale", 2, tmp_path / "m.onnx", tmp_path / "o.onnx", qat=qat.QatSettings())
     with pytest.raises(ValueError, match="bad QatSettings"):
         qat.QatSettings(steps=-1)
+
+
+@pytest.mark.parametrize("arch", ["espcn", "resnet"])
+def test_upscaler_int8_keeps_only_its_fixed_bicubic_filter_in_float(tmp_path, arch):
+    import onnx
+
+    up = create_model("upscale", "tiny", scale=2, arch=arch).eval()
+    export_onnx(up, tmp_path / "m.onnx", name="u", version=1)
+    (keep,) = quantize._keep_float(up, tmp_path / "m.onnx")
+    node = next(n for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if n.name == keep)
+    assert not node.input[1].startswith("core.model.")  # the bicubic taps, a constant, not a learned weight
