@@ -1,11 +1,12 @@
-"""Quantization-aware fine-tuning of a denoiser's int8 graph: equalise channels, then learn through fake int8.
+"""Quantization-aware fine-tuning of an int8 graph: equalise channels (conv/ReLU stacks), learn through fake int8.
 
-Post-training int8 of the shipped denoiser loses 0.30 dB of mean PSNR at sigma 15 (uint8 activations add ~1 grey
+Post-training int8 of the DnCNN denoiser lost 0.30 dB of mean PSNR at sigma 15 (uint8 activations add ~1 grey
 level RMS of noise, and a DC shift on flat areas). Here a copy of the fp32 model is first rescaled channel by
 channel (exact for ReLU stacks), then fine-tuned to match the fp32 model's output through fake quantization that
-mirrors onnxruntime's QDQ recipe (per-channel symmetric int8 weights, per-tensor uint8 inputs of every conv),
-and is then quantized with exactly the input steps the fine-tuning saw. The copy only feeds the int8 graph:
-model.onnx stays the fp32 model, and the int8 graph is judged against it (models/quantize.py).
+mirrors onnxruntime's QDQ recipe (per-channel symmetric int8 weights, per-tensor uint8 activations wherever the
+int8 graph has them, with a zero point where they are signed), and is then quantized with exactly the steps the
+fine-tuning saw. The copy only feeds the int8 graph: model.onnx stays the fp32 model, and the int8 graph is
+judged against it (models/quantize.py).
 """
 from __future__ import annotations
 
@@ -229,26 +230,34 @@ def _training_pool(seed: int) -> list[np.ndarray]:
     return photos + [dead_leaves(256, rng, palette) for _ in range(16)]
 
 
-def _noisy_batch(pool: list[np.ndarray], rng: np.random.Generator, settings: QatSettings):
-    """settings.batch random crops with Gaussian noise of a random sigma each, float NCHW in [0, 1]."""
+def _input_batch(pool: list[np.ndarray], rng: np.random.Generator, settings: QatSettings, scale: int = 1):
+    """settings.batch random crops as the model's inputs, float NCHW in [0, 1]: with Gaussian noise of a random
+    sigma each (scale 1, the denoiser), or bicubic-downscaled by `scale` (an upscaler)."""
     import torch
+
+    from models.data import bicubic_down
 
     xs = []
     for _ in range(settings.batch):
         a = pool[rng.integers(len(pool))]
         y, x = rng.integers(a.shape[0] - settings.crop + 1), rng.integers(a.shape[1] - settings.crop + 1)
-        c = a[y:y + settings.crop, x:x + settings.crop].astype(np.float32)
+        c = a[y:y + settings.crop, x:x + settings.crop]
+        if scale > 1:
+            xs.append(bicubic_down(np.ascontiguousarray(c), scale).astype(np.float32))
+            continue
+        c = c.astype(np.float32)
         xs.append(np.clip(np.rint(c + rng.standard_normal(c.shape) * rng.uniform(*SIGMA_RANGE)), 0, 255))
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div(255)
 
 
 def finetune(model, calib: list[np.ndarray], keep_float: set[str], points: list[tuple[str, str, str]],
-             settings: QatSettings, q: float = 0.99999, progress: bool = False):
+             settings: QatSettings, q: float = 0.99999, progress: bool = False, scale: int = 1):
     """(fp32 copy for the int8 graph, {tensor: (scale, zero point)}, facts): equalise, then distil through int8.
 
     `keep_float`: conv module names whose weights stay float. `points`: where the int8 graph quantizes
     activations, (conv module, "in" | "out", tensor name) (models.quantize reads them off its first int8 graph).
-    Equalisation needs a conv/ReLU stack; other designs (the U-Net) are fine-tuned as they are.
+    Equalisation needs a conv/ReLU stack; other designs (the U-Net) are fine-tuned as they are. `scale`: 1 for a
+    denoiser (noisy crops), the upscaling factor for an upscaler (downscaled crops).
     """
     import torch
     import torch.nn.functional as F
@@ -278,7 +287,7 @@ def finetune(model, calib: list[np.ndarray], keep_float: set[str], points: list[
         from tqdm import tqdm
         bar = tqdm(total=settings.steps, desc="int8 fine-tuning", unit="step")
     for _ in range(settings.steps):
-        x = _noisy_batch(pool, rng, settings)
+        x = _input_batch(pool, rng, settings, scale)
         with torch.no_grad():
             target = teacher(x)
         loss = F.mse_loss(student(x), target)  # distillation: match fp32, which is what the gate compares
@@ -302,7 +311,8 @@ def finetune(model, calib: list[np.ndarray], keep_float: set[str], points: list[
     facts = {**asdict(settings), "equalize": alpha,
              "equalize_errors": {str(a): round(e, 3) for a, e in errors.items()},
              "loss": "MSE to the fp32 model's output through fake int8",
-             "data": "training photos + 16 dead-leaves images, sigma 5-55",
+             "data": "training photos + 16 dead-leaves images, "
+             + (f"bicubic-downscaled x{scale}" if scale > 1 else "sigma 5-55"),
              "activation_steps": {t: [round(sc, 9), z] for t, (sc, z) in steps.items()},
              # single batches are noisy: the first and last tenth of the run, averaged
              "rmse_levels_first": round(float(np.mean(rmses[:tenth])), 3) if rmses else None,

@@ -257,7 +257,7 @@ def quant_points(fp32: Path, quantized: Path) -> list[tuple[str, str, str]]:
 
 
 def _qat_int8(model, fp32: Path, out: Path, calib: list[np.ndarray], keep: list[str], settings,
-              progress: bool) -> dict:
+              progress: bool, scale: int = 1) -> dict:
     """Write the int8 graph of a quantization-aware fine-tuned copy of `model` to out; its recipe."""
     import onnx
 
@@ -269,7 +269,7 @@ def _qat_int8(model, fp32: Path, out: Path, calib: list[np.ndarray], keep: list[
         _quantize(fp32, ptq, calib, keep)
         points = quant_points(fp32, ptq)
         kept = {conv_module(n) for n in onnx.load(str(fp32)).graph.node if n.name in keep}
-        student, steps, facts = finetune(model, calib, kept, points, settings, progress=progress)
+        student, steps, facts = finetune(model, calib, kept, points, settings, progress=progress, scale=scale)
         src = Path(tmp) / "finetuned.onnx"
         export_onnx(student, src, name="int8-source", version=0)
         names = {t for n in onnx.load(str(src)).graph.node for t in n.output}
@@ -284,13 +284,11 @@ def _qat_int8(model, fp32: Path, out: Path, calib: list[np.ndarray], keep: list[
 def build_int8(model, kind: str, scale: int, fp32: Path, out: Path, qat=None, progress: bool = False) -> dict:
     """Quantize fp32 (the exported model.onnx of `model`) to `out`; removed again when it loses > MAX_LOSS_DB.
 
-    `qat` (models.qat.QatSettings, denoise only): when post-training quantization loses too much, fine-tune a
+    `qat` (models.qat.QatSettings): when post-training quantization loses too much, fine-tune a
     copy of the model through fake int8 and quantize that; the check still compares against `fp32`.
     """
     if kind not in ("denoise", "upscale"):
         raise ValueError(f"int8 graphs are built for denoise and upscale models, not {kind!r}")
-    if qat is not None and qat.steps and kind != "denoise":
-        raise ValueError(f"quantization-aware fine-tuning is implemented for denoise, not {kind!r}")
     fp32, out = Path(fp32), Path(out)
     model = model.eval()
     calib = _batches(crops(kind, scale, seed=0, n=CALIB_CROPS))
@@ -306,7 +304,7 @@ def build_int8(model, kind: str, scale: int, fp32: Path, out: Path, qat=None, pr
         log.info("post-training int8 loses %.3f dB: quantization-aware fine-tuning (%d steps)", loss_db(check),
                  qat.steps)
         ptq = {"recipe": recipe, "check": check}
-        recipe = _qat_int8(model, fp32, out, calib, keep, qat, progress)
+        recipe = _qat_int8(model, fp32, out, calib, keep, qat, progress, scale if kind == "upscale" else 1)
         recipe["post_training_only"] = ptq  # what the cheaper recipe gave, for the card
         copy_metadata(fp32, out, {"aeflow.precision": "int8"})
         check = psnr_check(kind, scale, fp32, out)
@@ -323,7 +321,7 @@ def add_int8_to_folder(version_dir: str | Path, qat=None, progress: bool = False
     """Build the int8 graph of a version folder that holds model.onnx + card.json (flows.ship: shipped models).
 
     The card gains `int8` (recipe, PSNR check) and, when the graph is kept, its sha256 under `files`.
-    `qat`: models.qat.QatSettings for a denoiser whose post-training int8 loses too much.
+    `qat`: models.qat.QatSettings for a model whose post-training int8 loses too much.
     """
     import json
 

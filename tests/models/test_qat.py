@@ -125,12 +125,24 @@ def test_build_int8_falls_back_to_finetuning_and_records_both(denoiser, tmp_path
     assert set(facts["check"]["delta_db"]) == {"sigma15", "sigma25", "sigma50"}
 
 
-def test_finetuning_is_for_conv_relu_stacks_only(tmp_path):
+def test_upscaler_finetunes_on_downscaled_crops(tmp_path):
+    torch.manual_seed(0)
+    up = create_model("upscale", "tiny", scale=2, arch="resnet").eval()
+    with torch.no_grad():
+        for p in up.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(up, fp32, name="u", version=1)
+    calib = quantize._batches(quantize.crops("upscale", 2, seed=0, n=4, size=48))
+    recipe = quantize._qat_int8(up, fp32, tmp_path / "q.onnx", calib, quantize._keep_float(up, fp32),
+                                qat.QatSettings(steps=10, crop=32, batch=2), progress=False, scale=2)
+    assert recipe["qat"]["data"].endswith("bicubic-downscaled x2") and (tmp_path / "q.onnx").is_file()
+
+
+def test_equalisation_is_for_conv_relu_stacks_only(tmp_path):
     up = create_model("upscale", "tiny", scale=2)
     with pytest.raises(ValueError, match="conv/ReLU stack"):
         qat.conv_stack(up)
-    with pytest.raises(ValueError, match="implemented for denoise"):
-        quantize.build_int8(up, "upscale", 2, tmp_path / "m.onnx", tmp_path / "o.onnx", qat=qat.QatSettings())
     with pytest.raises(ValueError, match="bad QatSettings"):
         qat.QatSettings(steps=-1)
 
