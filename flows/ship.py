@@ -126,9 +126,14 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
             ref = ModelStore(store, include_shipped=False).resolve(result["model"])
             trained_as, wall, command = result["model"], None, "python -m flows.ship " + name
         target = copy_shipped(ref.path, dest_root / name)
-        update_card(target, {"version": 1, "shipped": {
-            "recipe": recipe, "command": command, "machine": machine(),
-            "wall_seconds": round(wall if wall is not None else time.time() - t0, 1), "trained_as": trained_as}})
+        shipped = {"recipe": recipe, "command": command, "machine": machine(),
+                   "wall_seconds": round(wall if wall is not None else time.time() - t0, 1), "trained_as": trained_as}
+        if str(recipe.get("data", "")).startswith("photos:") and (Path(photos) / "manifest.json").is_file():
+            from models.photos import sources_of
+
+            # which Debian packages the photos came from, how many, under which licences (their copyright files)
+            shipped["data_sources"] = sources_of(Path(photos), recipe["data"].split(":", 1)[1])
+        update_card(target, {"version": 1, "shipped": shipped})
         if INT8_QAT_STEPS.get(name):
             from models.qat import QatSettings
             from models.quantize import add_int8_to_folder

@@ -207,6 +207,19 @@ def fetch(out: Path, debs: Path | None = None) -> dict:
     return manifest
 
 
+def sources_of(photos: Path, split: str = "train") -> dict[str, dict]:
+    """{package: {"photos": count, "licences": [...]}} of one split of a fetched folder (its manifest.json)."""
+    rows = json.loads((Path(photos) / "manifest.json").read_text())["photos"]
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["split"] != split:
+            continue
+        e = out.setdefault(r["package"], {"photos": 0, "licences": set()})
+        e["photos"] += 1
+        e["licences"].add(r["licence"])
+    return {k: {"photos": v["photos"], "licences": sorted(v["licences"])} for k, v in sorted(out.items())}
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m models.photos fetch DIR [--debs DIR]."""
     import argparse

@@ -7,7 +7,16 @@ import json
 import numpy as np
 from PIL import Image
 
-from models.photos import RESERVED_PACKAGES, SOURCES, carve_webp, downscale, is_heldout, licence_for, prepare
+from models.photos import (
+    RESERVED_PACKAGES,
+    SOURCES,
+    carve_webp,
+    downscale,
+    is_heldout,
+    licence_for,
+    prepare,
+    sources_of,
+)
 from tests.conftest import make_photo
 
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -83,3 +92,6 @@ def test_prepare_keeps_photos_writes_pngs_and_a_manifest(tmp_path):
     assert (out / "licenses" / "mate-backgrounds.copyright").is_file()
     json.dumps(rows)  # the manifest is plain JSON
     assert np.asarray(Image.open(out / rows[0]["file"])).dtype == np.uint8
+    (out / "manifest.json").write_text(json.dumps({"photos": rows}))
+    src = sources_of(out, "train")
+    assert src == {"mate-backgrounds": {"photos": sum(r["split"] == "train" for r in rows), "licences": ["GPL-2+"]}}
