@@ -38,6 +38,12 @@ def _model_label(m: dict, spec_default: str) -> str:
     return f"model `{m.get('spec', spec_default)}`: **{what}**"
 
 
+def _graph(m: dict) -> str:
+    """", int8 graph" etc.: which of the version's graphs the job ran."""
+    p = (m.get("cli") or {}).get("precision")
+    return f", {p} graph" if p else ""
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -77,7 +83,12 @@ def markdown(r: dict) -> str:
                     rows.append([sigma, "previous " + _model_label(pm, key[9:]), _n(pm.get("psnr")),
                                  _n(pm.get("ssim"), 4), _spmp(pm)])
             mm = ms["model"]
-            rows.append([sigma, _model_label(mm, "denoise"), _n(mm.get("psnr")), _n(mm.get("ssim"), 4), _spmp(mm)])
+            rows.append([sigma, _model_label(mm, "denoise") + _graph(mm), _n(mm.get("psnr")), _n(mm.get("ssim"), 4),
+                         _spmp(mm)])
+            if "model_fp32" in ms:
+                f = ms["model_fp32"]
+                rows.append([sigma, _model_label(f, "denoise") + _graph(f), _n(f.get("psnr")), _n(f.get("ssim"), 4),
+                             _spmp(f)])
             if "model_minus_best_classic_db" in e:
                 rows.append([sigma, f"**model − best of NLM, TV, wavelet** ({e['best_classic']})",
                              _db(e.get("model_minus_best_classic_db")), "", ""])
@@ -100,8 +111,12 @@ def markdown(r: dict) -> str:
                     rows.append([f"x{s}", "previous " + _model_label(pm, key[9:]), _n(pm.get("psnr_y")),
                                  _n(pm.get("ssim_y"), 4), _spmp(pm)])
             mm = ms["model"]
-            rows.append([f"x{s}", _model_label(mm, f"upscale-x{s}"), _n(mm.get("psnr_y")), _n(mm.get("ssim_y"), 4),
-                         _spmp(mm)])
+            rows.append([f"x{s}", _model_label(mm, f"upscale-x{s}") + _graph(mm), _n(mm.get("psnr_y")),
+                         _n(mm.get("ssim_y"), 4), _spmp(mm)])
+            if "model_fp32" in ms:
+                f = ms["model_fp32"]
+                rows.append([f"x{s}", _model_label(f, f"upscale-x{s}") + _graph(f), _n(f.get("psnr_y")),
+                             _n(f.get("ssim_y"), 4), _spmp(f)])
             rows.append([f"x{s}", "**model − bicubic**", _db(e.get("model_minus_bicubic_db")),
                          _n(e.get("model_minus_bicubic_ssim"), 4, signed=True), ""])
         lines += _table(["scale", "method", "Y-PSNR dB", "Y-SSIM", "s/MP (output)"], rows)

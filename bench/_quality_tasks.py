@@ -26,12 +26,14 @@ PICTURE_PHOTO = "camera-0.png"
 CLI_TIMEOUT_S = 3600
 
 
-def run_cli(job: str, in_dir: Path, out_dir: Path, model: dict, store: Path, runner: str) -> dict:
-    """`aeflow JOB IN OUT --model M --store S --runner R --no-progress` in a subprocess; its timings and summary."""
+def run_cli(job: str, in_dir: Path, out_dir: Path, model: dict, store: Path, runner: str,
+            precision: str | None = None) -> dict:
+    """`aeflow JOB IN OUT --model M --store S --runner R --no-progress [--precision P]` in a subprocess; its
+    timings and summary."""
     from bench._modes import aeflow_exe
 
     cmd = [*aeflow_exe(), job, str(in_dir), str(out_dir), "--model", model["spec"], "--store", str(store),
-           "--runner", runner, "--no-progress"]
+           "--runner", runner, "--no-progress"] + (["--precision", precision] if precision else [])
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)  # a fresh local Ray for --runner ray, as `aeflow` starts by default
     t0 = time.perf_counter()
@@ -43,6 +45,7 @@ def run_cli(job: str, in_dir: Path, out_dir: Path, model: dict, store: Path, run
     return {"command": " ".join(cmd), "process_s": round(wall, 3), "job_wall_s": s["wall_s"],
             "job_startup_s": s.get("startup_s"), "device": s.get("device"), "providers": s.get("providers"),
             "model": f"{s['model']['name']}:{s['model']['version']}", "ok": s["counts"]["ok"],
+            "precision": s.get("precision"),
             "printed": p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""}
 
 
@@ -129,7 +132,8 @@ def bm3d_available() -> bool:
 
 
 def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model: dict, store: Path, runner: str,
-            work: Path, seed: int, say: Callable[[str], None], previous: tuple[dict, ...] = ()) -> tuple[dict, dict]:
+            work: Path, seed: int, say: Callable[[str], None], previous: tuple[dict, ...] = (),
+            fp32_too: bool = False) -> tuple[dict, dict]:
     """Per sigma: noisy input, NLM and TV (best of a grid), wavelet and CBM3D (true σ), the model and `previous`
     models; (results, arrays of the picture photo)."""
     import cv2
@@ -197,6 +201,9 @@ def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model
                 outs[key] = got["model"]
         methods["model"] = _model_method("denoise", model, in_dir, work / f"denoise-{sigma}" / "out", names,
                                          shapes, store, runner, mp, say, score, outs, f"σ={sigma}")
+        if fp32_too:  # the default graph on CPU is int8 where one ships: its fp32 graph beside it
+            methods["model_fp32"] = _model_method("denoise", model, in_dir, work / f"denoise-{sigma}" / "fp32", names,
+                                                  shapes, store, runner, mp, say, score, {}, f"σ={sigma}", "fp32")
         classic = max(("nlm", "tv", "wavelet"), key=lambda k: methods[k]["psnr"])
         entry = {"methods": methods, "nlm_best_h": best_h, "nlm_best_at_grid_edge": methods["nlm"]["best_at_grid_edge"],
                  "tv_best_weight": best_w, "best_classic": classic, "megapixels": mp}
@@ -214,13 +221,14 @@ def denoise(photos: list[tuple[str, np.ndarray]], sigmas: tuple[int, ...], model
 
 
 def _model_method(job: str, model: dict, in_dir: Path, out_dir: Path, names: list[str], shapes: dict,
-                  store: Path, runner: str, mp: float, say, score, outs: dict, label: str) -> dict:
+                  store: Path, runner: str, mp: float, say, score, outs: dict, label: str,
+                  precision: str | None = None) -> dict:
     """Run the model through the CLI and score its outputs; a missing model or a failed job is recorded, not raised."""
     if model.get("status") != "ok":
         return {"status": "missing", "spec": model["spec"], "error": model.get("error")}
-    say(f"{job} {label}: model {model['id']} via `aeflow {job}`")
+    say(f"{job} {label}: model {model['id']} via `aeflow {job}`" + (f" --precision {precision}" if precision else ""))
     try:
-        cli = run_cli(job, in_dir, out_dir, model, store, runner)
+        cli = run_cli(job, in_dir, out_dir, model, store, runner, precision)
         got = _read_outputs(out_dir, names, shapes)
     except (RuntimeError, OSError, ValueError) as exc:
         say(f"  failed: {exc}")
@@ -230,7 +238,8 @@ def _model_method(job: str, model: dict, in_dir: Path, out_dir: Path, names: lis
 
 
 def upscale(photos: list[tuple[str, np.ndarray]], models: dict[int, dict], store: Path, runner: str, work: Path,
-            say: Callable[[str], None], previous: dict[int, list[dict]] | None = None) -> tuple[dict, dict]:
+            say: Callable[[str], None], previous: dict[int, list[dict]] | None = None,
+            fp32_too: bool = False) -> tuple[dict, dict]:
     """Per scale: bicubic, Lanczos, the model and `previous` models (by scale) from bicubic-downscaled inputs;
     Y-PSNR/SSIM with `scale` pixels cropped."""
     from PIL import Image
@@ -273,6 +282,10 @@ def upscale(photos: list[tuple[str, np.ndarray]], models: dict[int, dict], store
         methods["model"] = _model_method("upscale", model, in_dir, work / f"upscale-x{s}" / "out", names,
                                          {n: a.shape for n, a in hr.items()}, store, runner, mp, say, score, outs,
                                          f"x{s}")
+        if fp32_too:
+            methods["model_fp32"] = _model_method("upscale", model, in_dir, work / f"upscale-x{s}" / "fp32", names,
+                                                  {n: a.shape for n, a in hr.items()}, store, runner, mp, say, score,
+                                                  {}, f"x{s}", "fp32")
         entry = {"methods": methods, "megapixels": mp, "border": s}
         if "psnr_y" in methods["model"]:
             entry["model_minus_bicubic_db"] = methods["model"]["psnr_y"] - methods["bicubic"]["psnr_y"]

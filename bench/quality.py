@@ -50,6 +50,7 @@ class QualityConfig:
     denoise_previous: tuple[str, ...] = ()  # earlier denoisers to compare on the same inputs
     upscale_previous: tuple[str, ...] = ()  # earlier upscalers, matched to a scale by their own
     speed_mp: float | None = None  # also time the models on one photo enlarged to this many output megapixels
+    fp32_too: bool = False  # also run each model's fp32 graph (on CPU the jobs default to int8 where one ships)
 
 
 def _say(msg: str) -> None:
@@ -155,7 +156,8 @@ def run(cfg: QualityConfig) -> dict:
             for k, p in enumerate(previous):
                 report["models"][f"denoise (previous {k + 1})"] = p
             report["denoise"], pics["denoise"] = _quality_tasks.denoise(photos, cfg.sigmas, m, store, cfg.runner,
-                                                                        work, cfg.seed, _say, previous)
+                                                                        work, cfg.seed, _say, previous,
+                                                                        cfg.fp32_too)
         if "upscale" in cfg.only:
             slots, notes = _upscale_slots(cfg.upscale_models, store)
             report["notes"] += notes
@@ -171,7 +173,7 @@ def run(cfg: QualityConfig) -> dict:
                 else:
                     report["notes"].append(f"previous upscale model `{p}` ignored: {m.get('error') or 'no scale'}")
             report["upscale"], pics["upscale"] = _quality_tasks.upscale(photos, slots, store, cfg.runner, work, _say,
-                                                                        previous)
+                                                                        previous, cfg.fp32_too)
         if "embed" in cfg.only:
             m = report["models"]["embed"] = resolve_model(cfg.embed_model, store)
             report["embed"] = _quality_tasks.embed(m, store, cfg.runner, work, cfg.seed, _say, cfg.embed_limit)
@@ -250,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, tuple[Path
     p.add_argument("--embed-limit", type=int, default=None, help="digits per embedding set (smoke runs; default all)")
     p.add_argument("--denoise-previous", type=_csv(str), default=(), help="earlier denoisers to compare (specs)")
     p.add_argument("--upscale-previous", type=_csv(str), default=(), help="earlier upscalers to compare (specs)")
+    p.add_argument("--fp32-too", action="store_true",
+                   help="also run each model's fp32 graph beside the default one (int8 on CPU where it ships)")
     p.add_argument("--speed-mp", type=float, default=None,
                    help="also time the models on one photo enlarged to this many output megapixels")
     p.add_argument("--make-photos", type=Path, default=None, metavar="DIR",
@@ -264,7 +268,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, tuple[Path
     cfg = QualityConfig(photos=a.photos, out=a.out, store=a.store, denoise_model=a.denoise_model,
                         upscale_models=a.upscale_models, embed_model=a.embed_model, sigmas=a.sigmas,
                         runner=a.runner, only=a.only, pictures=a.pictures, seed=a.seed, embed_limit=a.embed_limit,
-                        denoise_previous=a.denoise_previous, upscale_previous=a.upscale_previous, speed_mp=a.speed_mp)
+                        denoise_previous=a.denoise_previous, upscale_previous=a.upscale_previous, speed_mp=a.speed_mp,
+                        fp32_too=a.fp32_too)
     return cfg, (a.make_photos, a.make_from)
 
 

@@ -129,7 +129,7 @@ def test_smoke_run_writes_report_and_tables(tmp_path):
                         "--upscale-models", "upscale-x2,nothing-x4",
                         # the same models as "previous" ones: the comparison rows, wired end to end
                         "--denoise-previous", "denoise:1", "--upscale-previous", "upscale-x2:1",
-                        "--speed-mp", "0.05"],
+                        "--speed-mp", "0.05", "--fp32-too"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     rep = json.loads((out / "quality.json").read_text())
@@ -144,7 +144,8 @@ def test_smoke_run_writes_report_and_tables(tmp_path):
     assert set(rep["denoise"]) == {"15", "25", "50"}
     for e in rep["denoise"].values():
         ms = e["methods"]
-        assert set(ms) == {"noisy", "nlm", "tv", "wavelet", "bm3d", "previous:denoise:1", "model"}
+        assert set(ms) == {"noisy", "nlm", "tv", "wavelet", "bm3d", "previous:denoise:1", "model", "model_fp32"}
+        assert ms["model_fp32"]["cli"]["precision"] == "fp32" and ms["model_fp32"]["status"] == "ok"
         # CBM3D runs where the bench extra is installed, and is reported missing elsewhere
         assert ("psnr" in ms["bm3d"]) == _quality_tasks.bm3d_available()
         keys = ("nlm", "tv", "wavelet", "model", "previous:denoise:1") + (("bm3d",) if "psnr" in ms["bm3d"] else ())

@@ -11,7 +11,7 @@ def test_ship_trains_with_the_flow_and_copies_onnx_card_pictures(prefect_api, mo
     tiny = dict(kind="denoise", data="builtin:photos", epochs=1, steps_per_epoch=2, batch_size=4, patch_size=24,
                 size="tiny", limit=3, synthetic=1, lr_schedule="cosine")
     monkeypatch.setattr(ship_mod, "RECIPES", {"tiny-denoise": tiny})
-    monkeypatch.setattr(ship_mod, "INT8_QAT_STEPS", {"tiny-denoise": 2})
+    monkeypatch.setattr(ship_mod, "INT8_QAT", {"tiny-denoise": dict(steps=2)})
     dest = tmp_path / "shipped"
     (target,) = ship_mod.ship(["tiny-denoise"], store=str(tmp_path / "store"), device="cpu", dest_root=dest)
     assert target == dest / "tiny-denoise" / "1"
