@@ -187,3 +187,20 @@ def test_smoke_run_writes_report_and_tables(tmp_path):
     assert sorted(Path(p).name for p in rep["pictures"]) == ["denoise-sigma25.png", "upscale-x2.png",
                                                               "upscale-x4.png"]
     assert all(Path(p).stat().st_size < 300_000 for p in rep["pictures"])
+
+
+def test_classic_outputs_are_cached_by_method_and_input(tmp_path, monkeypatch):
+    monkeypatch.setenv(_quality_tasks.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+
+    def blur(a):
+        calls.append(1)
+        return (a // 2).astype(np.uint8)
+    inputs = {"a.png": _grey(8, 8, 1), "b.png": _grey(8, 8, 2)}
+    score = lambda n, img: {"psnr": qm.psnr(inputs[n], img)}  # noqa: E731
+    first = _quality_tasks._classic(sorted(inputs), inputs, blur, score, "half")
+    again = _quality_tasks._classic(sorted(inputs), inputs, blur, score, "half")
+    assert len(calls) == 2 and first[0] == again[0] and first[2] == pytest.approx(again[2])
+    assert all(np.array_equal(first[1][n], again[1][n]) for n in inputs)
+    _quality_tasks._classic(sorted(inputs), inputs, blur, score, "other")  # another method: computed
+    assert len(calls) == 4
