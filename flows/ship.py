@@ -64,6 +64,13 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, {gpu}")
 
 
+def training_seconds(card: dict) -> float | None:
+    """Seconds a version trained for: its epochs' own times (a run resumed to be rebuilt times only its last leg)."""
+    t = card.get("training") or {}
+    epochs = sum(h.get("seconds", 0.0) for h in t.get("history") or [])
+    return max(epochs, t.get("seconds") or 0.0) or None
+
+
 def copy_shipped(src: Path, dest: Path) -> Path:
     """Copy a store version folder into dest/1 (ONNX, card, pictures only), replacing what was there."""
     target = dest / "1"
@@ -117,7 +124,7 @@ def ship(names: list[str], store: str, device: str = "auto", dest_root: Path = S
         if reuse:
             ref = ModelStore(store, include_shipped=False).resolve(reuse)
             check_trained_as(ref.card, resolve_recipe(recipe, photos))
-            trained_as, wall = ref.id, ref.card.get("training", {}).get("seconds")
+            trained_as, wall = ref.id, training_seconds(ref.card)
             command = f"python -m flows.ship {name} --reuse {reuse}"
         else:
             from models.train import TrainSettings

@@ -61,3 +61,10 @@ def test_reuse_ships_only_a_version_trained_with_the_recipe(tmp_path):
         ship_mod.check_trained_as({"settings": {**settings, "epochs": 5}}, recipe)
     with pytest.raises(SystemExit, match="data="):
         ship_mod.check_trained_as({"settings": {**settings, "data": "/elsewhere"}}, recipe)
+
+
+def test_training_seconds_add_up_the_epochs_of_a_resumed_run():
+    card = {"training": {"seconds": 9.0, "history": [{"epoch": 1, "seconds": 60.0}, {"epoch": 2, "seconds": 61.5}]}}
+    assert ship_mod.training_seconds(card) == 121.5
+    assert ship_mod.training_seconds({"training": {"seconds": 30.0}}) == 30.0
+    assert ship_mod.training_seconds({}) is None
