@@ -81,23 +81,14 @@ def _check(cfg: JobConfig) -> tuple[Path, Path, Path | None]:
 
 def _load_model(cfg: JobConfig, device: str):
     """(ref, graph path, its sha256, ModelInfo, precision) for the job's model and --precision."""
-    from aeflow.store import FP16_FILE, INT8_FILE, MODEL_FILE, ModelStore
+    from aeflow.store import ModelStore
+    from pipeline.graphs import pick_graph
 
     ref = ModelStore(cfg.store).resolve(cfg.model)
     files = ref.card.get("files", {})
-    graphs = {"fp32": MODEL_FILE, "int8": INT8_FILE, "fp16": FP16_FILE}
-    if cfg.precision in ("int8", "fp16") and graphs[cfg.precision] not in files:
-        raise JobConfigError(f"model {ref.id} has no {cfg.precision} graph ({graphs[cfg.precision]}: built at "
-                             "export for denoise/upscale models when it keeps their PSNR); use --precision auto "
-                             "or fp32")
-    precision = cfg.precision
-    if precision == "auto":  # the faster graph of this device, where the version has one that passed its gate
-        fast = "fp16" if device == "cuda" else "int8"
-        precision = fast if graphs[fast] in files else "fp32"
-    if precision == "fp16" and device == "cpu":
-        log.warning("--precision fp16 on CPU: onnxruntime runs float16 graphs slowly there; fp32 or int8 is faster")
+    precision, fname = pick_graph(ref, device, cfg.precision)
     # verifies sha256: a tampered model is refused (exit 2)
-    path = ref.file(graphs[precision])
+    path = ref.file(fname)
     # the card holds the graph's metadata (written at export, bound to the file by its sha256): importing onnx
     # to read it again costs 0.13 s, a tenth of a small embed job; the workers read it from their session
     meta = ref.card.get("onnx", {}).get("metadata") or {}
@@ -105,7 +96,7 @@ def _load_model(cfg: JobConfig, device: str):
     if info.role != JOB_ROLES[cfg.job]:
         raise JobConfigError(f"model {ref.id} is an {info.role} model; `{cfg.job}` needs {JOB_ROLES[cfg.job]}")
     # the graph's own hash: outputs of the other precision are redone by an incremental run, not kept
-    return ref, path, files[graphs[precision]], info, precision
+    return ref, path, files[fname], info, precision
 
 
 def read_model_info(path: str | Path) -> ModelInfo:

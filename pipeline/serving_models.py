@@ -58,9 +58,13 @@ class LiveModel:
         return ModelStore(self.store).resolve(self.spec)
 
     def _load(self, ref):
-        from pipeline.predictor import JobConfigError, Predictor
+        from pipeline.graphs import pick_graph
+        from pipeline.predictor import JobConfigError, Predictor, resolve_device
 
-        pred = Predictor(str(ref.onnx_path()), self.device, self.threads)  # onnx_path() verifies the sha256
+        # the graph the batch jobs run for this model and device (int8 on CPU where it ships), so the same image
+        # comes back with the same bytes from `aeflow denoise` and from the API
+        self.precision, fname = pick_graph(ref, resolve_device(self.device))
+        pred = Predictor(str(ref.file(fname)), self.device, self.threads)  # file() verifies the sha256
         if pred.info.role != self.role:
             raise JobConfigError(f"model {ref.id} is an {pred.info.role} model; this route needs {self.role}")
         if self.role == "encoder" and not pred.info.input_size:

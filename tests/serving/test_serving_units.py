@@ -79,6 +79,28 @@ def test_shared_inference_equals_the_batch_worker(store, tmp_path):
         assert np.array_equal(out, np.asarray(Image.open(tmp_path / "out" / f"{i}.png")))
 
 
+def test_api_model_runs_the_graph_the_batch_job_runs(tmp_path):
+    """On CPU the shipped denoiser's int8 graph answers both `aeflow denoise` and the API: the same bytes back."""
+    from PIL import Image
+
+    from pipeline import inference
+    from pipeline.runner import JobConfig, run_job
+    from pipeline.serving_models import LiveModel
+
+    empty = tmp_path / "empty-store"  # the shipped models resolve
+    live = LiveModel("denoise", str(empty), "image2image", "cpu", 1, poll_s=0.0)
+    ref, pred = live.current()
+    assert live.precision == "int8" and pred.info.role == "image2image"
+    img = make_photo(40, 52, 7)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(img).save(tmp_path / "in" / "a.png")
+    s = run_job(JobConfig(job="denoise", in_dir=tmp_path / "in", out_dir=tmp_path / "out", model="denoise",
+                          store=empty, device="cpu", runner="local", progress=False))
+    assert s["precision"] == live.precision
+    (online,) = inference.image2image(pred, [img])
+    assert np.array_equal(online, np.asarray(Image.open(tmp_path / "out" / "a.png")))
+
+
 def test_shared_encoder_decode_equals_the_batch_worker_on_drafted_jpegs(store, tmp_path):
     from PIL import Image
 
