@@ -65,11 +65,17 @@ def is_conv_stack(model) -> bool:
 
 def conv_inputs(model, convs: dict, calib: list[np.ndarray]) -> dict[str, list]:
     """{name: the NCHW inputs of convs[name], one tensor per calibration batch} from running `model` on them."""
-    import torch
 
     seen: dict[str, list] = {n: [] for n in convs}
-    hooks = [m.register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach().clone()))
-             for n, m in convs.items()]
+    _run_hooked(model, calib, [m.register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach().clone()))
+                               for n, m in convs.items()])
+    return seen
+
+
+def _run_hooked(model, calib: list[np.ndarray], hooks: list) -> None:
+    """Run `model` on the uint8 NHWC calibration batches for what its `hooks` record, then remove the hooks."""
+    import torch
+
     try:
         with torch.inference_mode():
             for b in calib:
@@ -77,7 +83,6 @@ def conv_inputs(model, convs: dict, calib: list[np.ndarray]) -> dict[str, list]:
     finally:
         for h in hooks:
             h.remove()
-    return seen
 
 
 def _inputs(model, convs, calib: list[np.ndarray]) -> list:
@@ -153,13 +158,7 @@ def _record(model, points: list[tuple[str, str, str]], calib: list[np.ndarray], 
             hooks.append(mods[mod].register_forward_pre_hook(lambda m, i, t=t: keep(t, i[0])))
         else:
             hooks.append(mods[mod].register_forward_hook(lambda m, i, o, t=t: keep(t, o)))
-    try:
-        with torch.inference_mode():
-            for b in calib:
-                model(torch.from_numpy(b).permute(0, 3, 1, 2).float().div(255))
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, calib, hooks)
     return {t: torch.cat(v) for t, v in seen.items()}
 
 
