@@ -241,7 +241,8 @@ def quant_points(fp32: Path, quantized: Path) -> list[tuple[str, str, str]]:
     import onnx
 
     fp = onnx.load(str(fp32)).graph
-    convs = [n for n in fp.node if n.op_type == "Conv"]
+    # fixed filters (no module weight) stay float and have no module to hook: only the learned convs count
+    convs = [n for n in fp.node if n.op_type == "Conv" and _reads_parameter(n)]
     made_by = {n.output[0]: n for n in convs}
     fed = {}
     for n in convs:
