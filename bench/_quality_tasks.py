@@ -325,13 +325,14 @@ def speed(photo: np.ndarray, jobs: list[tuple[str, dict, int]], store: Path, run
 
     out: dict = {}
     for job, m, s in jobs:
+        key = f"{job} x{s}" if job == "upscale" else job
         if m.get("status") != "ok":
-            out[f"{job} x{s}" if job == "upscale" else job] = {"status": "missing", "spec": m["spec"]}
+            out[key] = {"status": "missing", "spec": m["spec"]}
             continue
         side = int(round((megapixels * 1e6) ** 0.5 / s))  # input side, so the output has about `megapixels`
         big = np.asarray(Image.fromarray(photo).resize((side * 4 // 3, side * 3 // 4), Image.LANCZOS))
-        key = f"{job} x{s}" if job == "upscale" else job
-        in_dir, out_dir = work / f"speed-{key.replace(' ', '')}" / "in", work / f"speed-{key.replace(' ', '')}" / "out"
+        folder = work / f"speed-{key.replace(' ', '')}"
+        in_dir, out_dir = folder / "in", folder / "out"
         save_png(in_dir / "big.png", big)
         say(f"speed: {key} on one {big.shape[1]}x{big.shape[0]} photo ({m['id']})")
         cli = run_cli(job, in_dir, out_dir, m, store, runner)
