@@ -65,7 +65,7 @@ def demo_flow(workdir: str, mode: str = "full", runner: str = "ray", device: str
     out = work / "outputs"
     started_ray = False
     if runner == "ray":  # one local Ray for the three jobs, instead of one start-up each
-        from pipeline.ray_runner import connect
+        from pipeline.engine_ray import connect
 
         started_ray = connect(None)
     try:

@@ -23,8 +23,8 @@ JOB_ROLES = {name: j.role for name, j in JOBS.items()}
 DEFAULT_MODELS = {name: j.model for name, j in JOBS.items()}
 DEFAULT_BATCH_SIZE = {name: j.batch_size for name, j in JOBS.items()}
 
-# Engines of a batch job. auto: in-process while the job is shorter than a local Ray's start-up, else local Ray
-# with the driver working until the actors are up (pipeline/auto_runner.py); an --address means Ray.
+# Engines of a batch job (pipeline/engines.py), chosen before it starts. auto: `ray` when a cluster is named
+# (--address, $RAY_ADDRESS) or --workers is given, else `local` (in-process, every core).
 RUNNERS = ("auto", "ray", "local")
 DEFAULT_RUNNER = "auto"
 

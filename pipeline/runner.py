@@ -1,4 +1,4 @@
-"""Run a batch job: resolve the model, plan (resume/incremental), process on Ray or locally, record, summarise.
+"""Run a batch job: resolve the model, plan (resume/incremental), choose the engine, record its rows, summarise.
 
 `run_job(JobConfig(...)) -> summary dict` is what the CLI and the Prefect flows call.
 """
@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, JOB_ROLES, PRECISIONS, RUNNERS
 from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
@@ -109,6 +109,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
 def run_job(cfg: JobConfig) -> dict:
     """Run one batch job to the end and return its summary (also written to OUT_DIR/_aeflow/summary.json)."""
+    from pipeline.engines import choose_engine, make_engine
     from pipeline.worker import WorkerSpec
 
     in_dir, out_dir, exclude = _check(cfg)
@@ -124,21 +125,14 @@ def run_job(cfg: JobConfig) -> dict:
             _prepare_embeddings(out_dir, cfg.overwrite)
         state = load_state(out_dir)
         t0 = time.perf_counter()
+        engine = make_engine(choose_engine(cfg.runner, cfg.address, cfg.workers), spec, info, cfg.workers,
+                             cfg.address)
         manifest = ManifestWriter(out_dir, run)
         sink = _Sink(cfg, out_dir, manifest, run, f"{ref.name}:{ref.version}")
         try:
             items = plan(in_dir, out_dir, PlanSettings(cfg.job, cfg.format, sha, cfg.overwrite), state, exclude)
-            batches = _batches(items, cfg.batch_size, sink)
-            if cfg.runner == "auto":
-                from pipeline.auto_runner import run_auto
-
-                engine = run_auto(spec, batches, sink.rows, cfg.workers, cfg.address)
-            elif cfg.runner == "ray":
-                from pipeline.ray_runner import run_ray
-
-                engine = run_ray(spec, batches, sink.rows, cfg.workers, cfg.address)
-            else:
-                engine = _run_local(spec, batches, sink.rows)
+            for rows in engine.rows(_batches(items, cfg.batch_size, sink)):
+                sink.rows(rows)
         except OSError as exc:
             _raise_if_full(exc, out_dir)  # the manifest or an embeddings part hit a full disk
             raise
@@ -155,9 +149,9 @@ def run_job(cfg: JobConfig) -> dict:
                 except OSError as exc:
                     _raise_if_full(exc, out_dir)
                     raise
-        engine["precision"] = precision
+        facts = {**engine.facts(), "engine": engine.name, "precision": precision}
         summary = _summary(cfg, run, in_dir, out_dir, ref, sha, info, sink, manifest, time.perf_counter() - t0,
-                           engine)
+                           facts)
         write_summary(out_dir, summary)
     return summary
 
@@ -188,22 +182,6 @@ def _summary(cfg: JobConfig, run: str, in_dir: Path, out_dir: Path, ref, sha: st
     }
     summary["exit_code"] = exit_code(summary)
     return summary
-
-
-def _run_local(spec, batches: Iterator[list[Task]], on_rows: Callable[[list[dict]], None]) -> dict:
-    """The no-cluster engine: one in-process worker using every core (for tests and debugging)."""
-    from pipeline.worker import BatchWorker
-
-    t0 = time.perf_counter()
-    worker = BatchWorker(spec)
-    startup = time.perf_counter() - t0
-    for batch in batches:
-        rows = worker.process(batch)
-        for r in rows:
-            r["node"] = "local"
-        on_rows(rows)
-    return {"startup_s": round(startup, 3), "workers": 1, "threads_per_worker": spec.threads,
-            "retried_batches": 0, "worker_nodes": ["local"], **worker.describe()}
 
 
 def _batches(items, size: int, sink: "_Sink") -> Iterator[list[Task]]:

@@ -139,7 +139,7 @@ def start(cfg: ServeConfig) -> str:
     from ray import serve
 
     from pipeline.predictor import resolve_device
-    from pipeline.ray_runner import connect
+    from pipeline.engine_ray import connect
 
     _check(cfg)
     device = resolve_device(cfg.device)

@@ -1,4 +1,4 @@
-"""One worker's whole per-batch path: read + decode each file, predict, write; one bad file fails only its row."""
+"""A worker's three stages, read + decode, predict, write (one bad file fails only its row), and BatchWorker, all three."""
 from __future__ import annotations
 
 import time
@@ -60,8 +60,55 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def decode_task(t: Task, info: ModelInfo) -> _Decoded | tuple[str, float]:
+    """Stage 1: the decoded input, or (error, seconds) when the file cannot be read or decoded."""
+    t0 = time.perf_counter()
+    try:
+        return _decode(t, info, t0)
+    except Exception as exc:  # noqa: BLE001 - one bad file fails only its own row
+        return _err(exc), time.perf_counter() - t0
+
+
+def predict(predictor: Predictor, images: list[np.ndarray], spec: WorkerSpec) -> list:
+    """Stage 2: one output (image, vector or the Exception it raised) per decoded input, in order."""
+    if predictor.info.role == "encoder":
+        return inference.embed(predictor, images)
+    return inference.image2image(predictor, images, spec.tile, spec.batch_size)
+
+
+def task_row(spec: WorkerSpec, t: Task, **fields) -> dict:
+    """A manifest row for task t of this job."""
+    return make_row(path=t.rel, output=t.out, in_bytes=t.size, mtime_ns=t.mtime_ns, job=spec.job,
+                    model=spec.model_name, model_version=spec.model_version, model_sha256=spec.model_sha256,
+                    run=spec.run, **fields)
+
+
+def finish(spec: WorkerSpec, role: str, d: _Decoded, out: np.ndarray | Exception, share: float) -> dict:
+    """Stage 3: write an image output atomically (encoders: keep the vector) and return its manifest row.
+
+    A full output disk raises pipeline.writer.OutputSpaceError (the job stops) instead of failing the row.
+    """
+    t0 = time.perf_counter()
+    size = dict(in_w=d.in_w, in_h=d.in_h)
+    try:
+        if isinstance(out, Exception):
+            raise out
+        if role == "encoder":
+            row = task_row(spec, d.task, status="ok", seconds=d.seconds + share, **size)
+            row["vector"] = out
+            return row
+        nbytes = write_image(Path(spec.out_dir), d.task.out, out, d.icc, d.alpha)
+    except OutputSpaceError:
+        raise  # the disk is full: every later write would fail too, so the job stops
+    except Exception as exc:  # noqa: BLE001
+        return task_row(spec, d.task, status="failed", error=_err(exc), **size,
+                        seconds=d.seconds + share + time.perf_counter() - t0)
+    return task_row(spec, d.task, status="ok", out_w=out.shape[1], out_h=out.shape[0], out_bytes=nbytes,
+                    seconds=d.seconds + share + time.perf_counter() - t0, **size)
+
+
 class BatchWorker:
-    """Holds one Predictor (session opened once) and turns a list of Tasks into manifest rows.
+    """The three stages in one process over a list of Tasks, the Predictor (session) opened once.
 
     The model logic (buckets, tiling, encoder crop) is pipeline.inference's, shared with `aeflow api`.
     """
@@ -70,31 +117,17 @@ class BatchWorker:
         self.spec = spec
         self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
         self.info = self.predictor.info
-        self.out_root = Path(spec.out_dir)
         # A worker with several cores decodes a batch's files in parallel (Pillow's decoders release the GIL):
-        # for encoders decoding is nearly all the work. One-thread workers (Ray actors on small nodes) do not.
+        # for encoders decoding is nearly all the work. One-thread workers do not.
         self.pool = None
         if spec.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="aeflow-decode")
 
-    def _decode_one(self, t: Task) -> _Decoded | tuple[str, float]:
-        t0 = time.perf_counter()
-        try:
-            return _decode(t, self.info, t0)
-        except Exception as exc:  # noqa: BLE001 - one bad file fails only its own row
-            return _err(exc), time.perf_counter() - t0
-
     def describe(self) -> dict:
         """Providers and device actually used by this worker's session."""
         return {"providers": self.predictor.providers, "device": self.predictor.device}
-
-    def _row(self, t: Task, **fields) -> dict:
-        s = self.spec
-        return make_row(path=t.rel, output=t.out, in_bytes=t.size, mtime_ns=t.mtime_ns, job=s.job,
-                        model=s.model_name, model_version=s.model_version, model_sha256=s.model_sha256,
-                        run=s.run, **fields)
 
     def process(self, tasks: list[Task]) -> list[dict]:
         """Rows for tasks, in order; ok rows of the embed job carry a 'vector' (float32 [D]) for the driver.
@@ -103,50 +136,21 @@ class BatchWorker:
         """
         decoded: list[tuple[int, _Decoded]] = []
         rows: dict[int, dict] = {}
-        results = self.pool.map(self._decode_one, tasks) if self.pool and len(tasks) > 1 else \
-            map(self._decode_one, tasks)
+        one = lambda t: decode_task(t, self.info)  # noqa: E731
+        results = self.pool.map(one, tasks) if self.pool and len(tasks) > 1 else map(one, tasks)
         for i, (t, d) in enumerate(zip(tasks, results)):
             if isinstance(d, _Decoded):
                 decoded.append((i, d))
             else:
-                rows[i] = self._row(t, status="failed", error=d[0], seconds=d[1])
+                rows[i] = task_row(self.spec, t, status="failed", error=d[0], seconds=d[1])
         if decoded:
             t0 = time.perf_counter()
             images = [d.image for _, d in decoded]
-            if self.info.role == "encoder":
-                outs = inference.embed(self.predictor, images)
-            else:
-                outs = inference.image2image(self.predictor, images, self.spec.tile, self.spec.batch_size)
+            outs = predict(self.predictor, images, self.spec)
             share = (time.perf_counter() - t0) / len(decoded)
             del images  # inputs are not needed any more: a very large one is freed before its output is encoded
             for k, (i, d) in enumerate(decoded):
                 d.image = None
                 out, outs[k] = outs[k], None  # each output is freed once written
-                rows[i] = self._finish(d, out, share)
+                rows[i] = finish(self.spec, self.info.role, d, out, share)
         return [rows[i] for i in range(len(tasks))]
-
-    def _finish(self, d: _Decoded, out: np.ndarray | Exception, share: float) -> dict:
-        t0 = time.perf_counter()
-        size = dict(in_w=d.in_w, in_h=d.in_h)
-        try:
-            if isinstance(out, Exception):
-                raise out
-            if self.info.role == "encoder":
-                row = self._row(d.task, status="ok", seconds=d.seconds + share, **size)
-                row["vector"] = out
-                return row
-            nbytes = write_image(self.out_root, d.task.out, out, d.icc, d.alpha)
-        except OutputSpaceError:
-            raise  # the disk is full: every later write would fail too, so the job stops
-        except Exception as exc:  # noqa: BLE001
-            return self._row(d.task, status="failed", error=_err(exc), **size,
-                             seconds=d.seconds + share + time.perf_counter() - t0)
-        return self._row(d.task, status="ok", out_w=out.shape[1], out_h=out.shape[0], out_bytes=nbytes,
-                         seconds=d.seconds + share + time.perf_counter() - t0, **size)
-
-
-def failed_rows(spec: WorkerSpec, tasks: list[Task], error: str) -> list[dict]:
-    """Failed rows for a whole batch whose worker died (built on the driver)."""
-    return [make_row(path=t.rel, status="failed", error=error, output=t.out, in_bytes=t.size, mtime_ns=t.mtime_ns,
-                     job=spec.job, model=spec.model_name, model_version=spec.model_version,
-                     model_sha256=spec.model_sha256, run=spec.run) for t in tasks]

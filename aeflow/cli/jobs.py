@@ -30,8 +30,9 @@ def add_commands(sub) -> None:
         p.add_argument("--address", default=None,
                        help="Ray: 'local' (default; or $RAY_ADDRESS when set), 'auto', or HOST:PORT of a cluster")
         p.add_argument("--runner", choices=RUNNERS, default=DEFAULT_RUNNER,
-                       help="auto (default): in-process when the job is shorter than starting a local Ray, else "
-                            "Ray; ray: always Ray; local: one process, no cluster")
+                       help="auto (default): Ray Data when --address, $RAY_ADDRESS or --workers is given, else "
+                            "in-process; ray: always Ray Data (a new local Ray without an address); local: one "
+                            "process, no cluster")
         p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE[job],
                        help="inputs per batch (default %(default)s for this job)")
         p.add_argument("--workers", type=positive_int, default=None,

@@ -34,7 +34,7 @@ def _cli(*args) -> list[str]:
 
 
 def test_pipeline_modules_do_not_import_torch(tmp_path):
-    code = ("import sys; import pipeline.runner, pipeline.ray_runner, pipeline.worker, aeflow.cli.jobs; "
+    code = ("import sys; import pipeline.runner, pipeline.engines, pipeline.engine_ray, pipeline.worker, aeflow.cli.jobs; "
             "assert 'torch' not in sys.modules; print('ok')")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # torch importable: it must simply not be imported
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

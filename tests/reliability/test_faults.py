@@ -64,13 +64,12 @@ def test_killed_ray_worker_batch_is_retried_nothing_lost(ray_session, store, tmp
     deadline = time.time() + 240
     while job.is_alive() and time.time() < deadline and killed is None:
         done = sum(1 for r in iter_rows(out) if r["status"] == "ok")
-        # an actor that is running a batch (Ray titles it so): it has started, unlike one still coming up,
-        # whose death before answering only hands its queued batches to the others (pipeline/ray_runner.py)
+        # a predictor actor that is running a batch (Ray titles its process so)
         actors = {pid: c for pid, c in _descendant_pids(os.getpid()).items()
-                  if c.startswith("ray::RayWorker.process")}
+                  if c.startswith("ray::MapWorker(MapBatches(PredictStage)).submit")}
         if done >= 3 and actors:
             killed = min(actors)
-            os.kill(killed, signal.SIGKILL)  # mid-job: the actor holds one batch running and one queued
+            os.kill(killed, signal.SIGKILL)  # mid-job, in the middle of a batch
         time.sleep(0.02)
     job.join(timeout=300)
     assert killed is not None, "the job ended before a worker could be killed"

@@ -1,0 +1,326 @@
+"""The `ray` engine on Ray Data: plan parts → read + decode tasks → predictor actor pool → write tasks → rows.
+
+The driver streams the planned Tasks into Parquet parts under OUT_DIR/_aeflow/plan/ (bounded memory for any
+folder size), and Ray Data streams them through the three stages of pipeline/worker.py: decode and write as
+CPU tasks on every node, predict in a pool of actors that each open the session once (`num_gpus` each with
+--device cuda). Every stage carries a per-row error column, so one bad file fails only its own row (Ray
+Data's max_errored_blocks would drop whole blocks). Rows come back to the driver through iter_batches; only
+they are recorded, so a retried task or a restarted actor never duplicates a row. This module and
+pipeline/serving.py are the only ones that import ray.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.manifest import META_DIR
+from pipeline.predictor import JobConfigError, ModelInfo, Predictor
+from pipeline.reader import Task
+from pipeline.worker import WorkerSpec, _Decoded, decode_task, finish, predict, task_row
+from pipeline.writer import OutputSpaceError
+
+log = logging.getLogger(__name__)
+
+PLAN_DIR = f"{META_DIR}/plan"
+PLAN_ROWS_PER_PART = 10_000  # Tasks per Parquet part: the driver holds at most one part while listing
+PLAN_COLUMNS = ("path", "rel", "out", "size", "mtime_ns")
+# CPU requests are accounting, not limits: decode/write tasks and actors ask for fractions, so a 2-CPU node
+# always has room for the tasks that feed its actors (with whole CPUs, the actors hold every CPU and the
+# read tasks starve: the job hangs with no error). Each actor's session still runs its full share of threads.
+TASK_CPUS = 0.25
+ACTOR_CPU_FRACTION = 0.5
+OBJECT_STORE_SHARE = 0.5  # of the cluster's object store, for the job's blocks in flight
+START_TIMEOUT_S = 300  # no actor up by then: the job stops with an error rather than waiting forever
+# A killed actor is restarted and its batch resent (bounded, so an input that crashes its worker every time
+# stops the job with an error instead of looping; a rerun resumes from the manifest)
+MAX_RESTARTS = 4
+MAX_TASK_RETRIES = 2
+FATAL_DISK = "disk-full"  # a write task's marker: the output disk is full, the job stops
+
+
+def connect(address: str | None) -> bool:
+    """ray.init for --address (None: $RAY_ADDRESS, else a new local instance); True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        if address not in (None, "local", "auto"):
+            log.warning("Ray is already initialised in this process: --address %s is ignored", address)
+        return False  # a caller (a test session, a flow) already connected: use that
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address == "local":
+        # address="local": a stale ray_current_cluster file, left by a cluster that is gone, would otherwise make a
+        # plain init try to join it
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
+    else:
+        ray.init(address=address, **common)
+    return True
+
+
+def write_plan(batches: Iterator[list[Task]], plan_dir: Path) -> int:
+    """Stream the Tasks into Parquet parts under plan_dir (emptied first); how many Tasks were written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.rmtree(plan_dir, ignore_errors=True)  # a killed run's plan: this run plans afresh
+    plan_dir.mkdir(parents=True)
+    held: list[Task] = []
+    parts = n = 0
+
+    def flush() -> None:
+        nonlocal parts
+        table = pa.table({"path": [t.path for t in held], "rel": [t.rel for t in held],
+                          "out": [t.out or "" for t in held], "size": pa.array([t.size for t in held], pa.int64()),
+                          "mtime_ns": pa.array([t.mtime_ns for t in held], pa.int64())})
+        pq.write_table(table, plan_dir / f"part-{parts:06d}.parquet")
+        parts += 1
+        held.clear()
+
+    for batch in batches:
+        held.extend(batch)
+        n += len(batch)
+        if len(held) >= PLAN_ROWS_PER_PART:
+            flush()
+    if held:
+        flush()
+    return n
+
+
+def _objects(arrays: list) -> np.ndarray:
+    """A 1-d object array of arrays (Ray Data stores arrays of varying shapes as one tensor column)."""
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+def _tasks(batch: dict) -> list[Task]:
+    return [Task(str(p), str(r), str(o) or None, int(s), int(m))
+            for p, r, o, s, m in zip(*(batch[c] for c in PLAN_COLUMNS))]
+
+
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # a failed row's image: every row of a column has the same ndim
+_NO_ALPHA = np.zeros((0, 0), np.uint8)
+
+
+def decode_stage(batch: dict, info: ModelInfo) -> dict:
+    """Ray task: read + decode each planned file; a file that fails gets its error and an empty image."""
+    images, alphas, iccs, ws, hs, errors, seconds = [], [], [], [], [], [], []
+    for t in _tasks(batch):
+        d = decode_task(t, info)
+        ok = isinstance(d, _Decoded)
+        images.append(d.image if ok else _NO_IMAGE)
+        alphas.append(d.alpha if ok and d.alpha is not None else _NO_ALPHA)
+        iccs.append(d.icc or b"" if ok else b"")
+        ws.append(d.in_w if ok else -1)
+        hs.append(d.in_h if ok else -1)
+        errors.append("" if ok else d[0])
+        seconds.append(d.seconds if ok else d[1])
+    return {**{c: batch[c] for c in PLAN_COLUMNS}, "image": _objects(images), "alpha": _objects(alphas),
+            "icc": np.array(iccs, dtype=object), "in_w": np.array(ws), "in_h": np.array(hs),
+            "error": np.array(errors, dtype=object), "seconds": np.array(seconds, dtype=np.float64)}
+
+
+def _icc(v) -> bytes | None:
+    """An ICC profile cell as bytes (Ray Data may hand binary cells back as uint8 arrays); None when empty."""
+    b = v.tobytes() if isinstance(v, np.ndarray) else bytes(v or b"")
+    return b or None
+
+
+def _decoded(batch: dict) -> list[_Decoded]:
+    return [_Decoded(t, im, _icc(icc), a if a.size else None, float(s), int(w), int(h))
+            for t, im, a, icc, s, w, h in zip(_tasks(batch), batch["image"], batch["alpha"], batch["icc"],
+                                              batch["seconds"], batch["in_w"], batch["in_h"])]
+
+
+class PredictStage:
+    """Ray Data actor: the session opened once; predicts every decoded row and tags it with its node."""
+
+    def __init__(self, spec: WorkerSpec):
+        import ray
+
+        self.spec = spec
+        self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
+        ctx = ray.get_runtime_context()
+        self.node = ctx.get_node_id()
+        # the first batch of a restarted actor is the one its previous life died on (Ray resends it first)
+        self.resent = bool(ctx.was_current_actor_reconstructed)
+
+    def __call__(self, batch: dict) -> dict:
+        """Adds 'output' (image, or vector for encoders; empty on failure), per-row error, seconds and node."""
+        decoded = _decoded(batch)
+        errors = list(batch["error"])
+        live = [i for i, e in enumerate(errors) if not e]
+        empty = np.zeros((0,), np.float32) if self.predictor.info.role == "encoder" else _NO_IMAGE
+        outputs, seconds = [empty] * len(decoded), np.array(batch["seconds"], dtype=np.float64)
+        if live:
+            t0 = time.perf_counter()
+            outs = predict(self.predictor, [decoded[i].image for i in live], self.spec)
+            share = (time.perf_counter() - t0) / len(live)
+            for i, y in zip(live, outs):
+                seconds[i] += share
+                if isinstance(y, Exception):
+                    errors[i] = f"{type(y).__name__}: {y}"
+                else:
+                    outputs[i] = y
+        resent = np.zeros(len(decoded), dtype=bool)
+        if self.resent and len(resent):
+            resent[0], self.resent = True, False
+        keep = {c: batch[c] for c in (*PLAN_COLUMNS, "alpha", "icc", "in_w", "in_h")}
+        return {**keep, "output": _objects(outputs), "error": np.array(errors, dtype=object), "seconds": seconds,
+                "node": np.array([self.node] * len(decoded), dtype=object), "resent": resent,
+                "device": np.array([self.predictor.device] * len(decoded), dtype=object),
+                "provider": np.array([self.predictor.providers[0]] * len(decoded), dtype=object)}
+
+
+def write_stage(batch: dict, spec: WorkerSpec, role: str) -> dict:
+    """Ray task: write each output atomically; one JSON manifest row per input (plus encoders' vectors).
+
+    A full disk marks the rows FATAL_DISK instead of raising, so the driver stops the job with its clear error.
+    """
+    rows, vectors, fatal = [], [], []
+    for d, y, err in zip(_decoded({**batch, "image": batch["output"]}), batch["output"], batch["error"]):
+        try:
+            if err:
+                row = task_row(spec, d.task, status="failed", error=str(err), seconds=d.seconds,
+                               **({"in_w": d.in_w, "in_h": d.in_h} if d.in_w >= 0 else {}))
+            else:
+                row = finish(spec, role, d, y, 0.0)
+            fatal.append("")
+        except OutputSpaceError as exc:
+            row, fatal = task_row(spec, d.task, status="failed", error=str(exc)), [*fatal, FATAL_DISK]
+        vector = row.pop("vector", None)
+        vectors.append(vector if vector is not None else np.zeros((0,), np.float32))
+        rows.append(json.dumps(row))
+    n = len(rows)
+    return {"row": np.array(rows, dtype=object), "vector": _objects(vectors), "fatal": np.array(fatal, dtype=object),
+            **{c: batch[c] for c in ("node", "resent", "device", "provider")}, "n": np.ones(n, dtype=np.int64)}
+
+
+def _actor_options() -> dict:
+    """Predictor actors: restarted when killed and their batch resent, both bounded (see MAX_RESTARTS).
+
+    Ray Data's own defaults are unbounded, so an input that kills its worker every time would loop for ever.
+    Ray 2.60 has no named parameter for these yet (it warns that the keyword form is deprecated).
+    """
+    return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
+
+
+def _quiet_data_context():
+    """Ray Data's own progress bars and per-dataset logs off (aeflow's bar counts images); bounded resources."""
+    import ray.data as rd
+
+    ctx = rd.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ctx.verbose_stats_logs = False
+    ctx.override_object_store_memory_limit_fraction = OBJECT_STORE_SHARE
+    ctx.wait_for_min_actors_s = START_TIMEOUT_S
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ctx
+
+
+class RayEngine:
+    """The job on a Ray cluster (a new local one, $RAY_ADDRESS or --address) through Ray Data."""
+
+    name = "ray"
+
+    def __init__(self, spec: WorkerSpec, info: ModelInfo, workers: int | None, address: str | None):
+        self.spec, self.info, self.workers, self.address = spec, info, workers, address
+        self._facts: dict = {"startup_s": 0.0, "workers": 0, "threads_per_worker": 0, "retried_batches": 0,
+                             "worker_nodes": []}
+
+    def _pool(self, ray) -> tuple[int, dict]:
+        """(actors, their resource request) from the cluster's resources."""
+        res = ray.cluster_resources()
+        cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+        if self.spec.device == "cuda" and gpus < 1:
+            raise JobConfigError("--device cuda but the Ray cluster has no GPU")
+        n = self.workers or (int(gpus) if self.spec.device == "cuda" else max(1, int(cpus)))
+        share = cpus / n
+        self.spec.threads = max(1, int(share))
+        request = dict(num_cpus=max(0.05, round(share * ACTOR_CPU_FRACTION, 2)),
+                       num_gpus=(gpus / n if self.spec.device == "cuda" else None))
+        return n, request
+
+    def rows(self, batches: Iterator[list[Task]]) -> Iterator[list[dict]]:
+        """Plan, then stream the dataset; the plan parts are removed at the end."""
+        import ray
+
+        t0 = time.perf_counter()
+        plan_dir = Path(self.spec.out_dir) / PLAN_DIR
+        started = connect(self.address)
+        try:
+            n_tasks = write_plan(batches, plan_dir)
+            if not n_tasks:
+                return
+            ds = self._dataset(ray, plan_dir)
+            first = True
+            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if first:
+                    self._facts["startup_s"] = round(time.perf_counter() - t0, 3)
+                    first = False
+                yield self._take(b)
+        finally:
+            shutil.rmtree(plan_dir, ignore_errors=True)
+            if started:
+                ray.shutdown()
+
+    def _dataset(self, ray, plan_dir: Path):
+        import ray.data as rd
+
+        _quiet_data_context()
+        n, request = self._pool(ray)
+        info = self.info
+        size = self.spec.batch_size
+        self._facts.update(workers=n, threads_per_worker=self.spec.threads)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
+            return self._stages(rd, plan_dir, n, request, info, size)
+
+    def _stages(self, rd, plan_dir: Path, n: int, request: dict, info: ModelInfo, size: int):
+        gpu = {"num_gpus": request["num_gpus"]} if request["num_gpus"] else {}
+        return (rd.read_parquet(str(plan_dir), num_cpus=TASK_CPUS)
+                .repartition(target_num_rows_per_block=size)  # one block per batch: every actor gets work
+                .map_batches(decode_stage, batch_size=size, fn_kwargs={"info": info}, num_cpus=TASK_CPUS)
+                .map_batches(PredictStage, batch_size=size, fn_constructor_kwargs={"spec": self.spec},
+                             compute=rd.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n),
+                             num_cpus=request["num_cpus"], **_actor_options(), **gpu)
+                .map_batches(write_stage, batch_size=size, fn_kwargs={"spec": self.spec, "role": info.role},
+                             num_cpus=TASK_CPUS))
+
+    def _take(self, b: dict) -> list[dict]:
+        """Manifest rows of one result batch; a disk-full marker stops the job."""
+        for f, row in zip(b["fatal"], b["row"]):
+            if f == FATAL_DISK:
+                raise OutputSpaceError(json.loads(row)["error"])
+        rows = []
+        for row, vector, node in zip(b["row"], b["vector"], b["node"]):
+            r = json.loads(row)
+            r["node"] = str(node)
+            if r["status"] == "ok" and vector.size:
+                r["vector"] = np.asarray(vector, dtype=np.float32)
+            rows.append(r)
+        f = self._facts
+        f["retried_batches"] += int(np.sum(b["resent"]))
+        f["worker_nodes"] = sorted({*f["worker_nodes"], *map(str, b["node"])})
+        f.setdefault("device", str(b["device"][0]))
+        f.setdefault("providers", [str(b["provider"][0])])
+        return rows
+
+    def facts(self) -> dict:
+        """Actors, threads each, the nodes that predicted, resent batches, start-up (to the first rows)."""
+        import ray
+
+        address = ray.get_runtime_context().gcs_address if ray.is_initialized() else self.address
+        return {**self._facts, "ray_address": address}
+

@@ -1,0 +1,71 @@
+"""The Ray Data engine on the session's shared local Ray: the local engine's rows and bytes, bad files isolated."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+from pipeline_models import photo, save
+
+from pipeline.manifest import iter_rows, load_state
+from pipeline.runner import JobConfig, run_job
+
+
+def test_ray_denoise_isolates_bad_files(ray_session, store, images, tmp_path):
+    for i in range(6):  # a few more, so several batches are in flight on two actors
+        save(images / "more" / f"{i}.png", photo(12, 12 + i, i))
+    out = tmp_path / "out"
+    cfg = JobConfig(job="denoise", in_dir=images, out_dir=out, model="denoise", store=store, runner="ray",
+                    batch_size=2, workers=2, progress=False)
+    s = run_job(cfg)
+    assert s["counts"] == {"total": 13, "ok": 10, "failed": 3, "skipped": 0} and s["exit_code"] == 3
+    assert s["workers"] == 2 and s["providers"] == ["CPUExecutionProvider"]
+    assert sum(s["nodes"].values()) == 10 and "local" not in s["nodes"]
+    state = load_state(out)
+    assert all((out / p).is_file() for p, r in state.items() if r["status"] == "ok")
+    assert {p for p, r in state.items() if r["status"] == "failed"} == {"broken.jpg", "empty.png", "notes.png"}
+    assert not list(out.rglob("*.tmp"))
+    s2 = run_job(cfg)  # rerun: failed ones retried (and fail again), the rest skipped
+    assert s2["counts"] == {"total": 13, "ok": 0, "failed": 3, "skipped": 10}
+
+
+def test_ray_embed(ray_session, store, images, tmp_path):
+    out = tmp_path / "out"
+    s = run_job(JobConfig(job="embed", in_dir=images, out_dir=out, model="ae", store=store, runner="ray",
+                          batch_size=3, workers=1, progress=False))
+    assert s["counts"]["ok"] == 4
+    t = pq.read_table(sorted((out / "embeddings").glob("part-*.parquet")))
+    assert sorted(t.column("path").to_pylist()) == ["a.jpg", "b.png", "sub/c.png", "sub/deep/d.webp"]
+    parts = {r["part"] for r in iter_rows(out) if r["status"] == "ok"}
+    assert parts == {p.name for p in (out / "embeddings").glob("part-*.parquet")}
+
+
+def test_ray_rows_and_outputs_match_the_local_engine(ray_session, store, images, tmp_path):
+    runs = {}
+    for runner in ("local", "ray"):
+        out = tmp_path / runner
+        s = run_job(JobConfig(job="denoise", in_dir=images, out_dir=out, model="denoise", store=store, runner=runner,
+                              batch_size=3, workers=2, progress=False))
+        assert s["engine"] == runner
+        runs[runner] = (out, load_state(out))
+    (lo, local), (ro, ray_) = runs["local"], runs["ray"]
+    assert set(local) == set(ray_)
+    same = ("status", "output", "in_w", "in_h", "out_w", "out_h", "in_bytes", "out_bytes", "mtime_ns", "error")
+    for path, row in local.items():
+        assert {k: row[k] for k in same} == {k: ray_[path][k] for k in same}, path
+        if row["status"] == "ok":
+            assert (lo / row["output"]).read_bytes() == (ro / row["output"]).read_bytes()
+    assert not (ro / "_aeflow" / "plan").exists()  # the plan parts go with the job
+
+
+def test_plan_parts_hold_a_bounded_number_of_tasks(tmp_path, monkeypatch):
+    import pipeline.engine_ray as engine_ray
+    from pipeline.reader import Task
+
+    monkeypatch.setattr(engine_ray, "PLAN_ROWS_PER_PART", 10)
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "part-999999.parquet").write_bytes(b"left by a killed run")
+    tasks = [Task(f"/in/{i}.png", f"{i}.png", None if i % 2 else f"{i}.png", i, 7 * i) for i in range(25)]
+    batches = (tasks[i:i + 4] for i in range(0, 25, 4))
+    assert engine_ray.write_plan(batches, tmp_path / "plan") == 25
+    parts = sorted((tmp_path / "plan").glob("*.parquet"))
+    assert [pq.read_metadata(p).num_rows for p in parts] == [12, 12, 1]  # a part as soon as it holds >= 10
+    back = engine_ray._tasks(pq.read_table(parts).to_pydict())
+    assert back == tasks
