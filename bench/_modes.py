@@ -241,9 +241,8 @@ def run_cli(bm: BenchModel, in_dir: Path, out_dir: Path, device: str, extra: tup
         "process_wall_s": round(wall, 3), "process_images_per_s": round(ok / wall, 3),
         "first_task_s": None if mem.first_task_s is None else round(mem.first_task_s, 2),
         "steady_images_per_s": steady,
-        # the default runner (auto) may stay in-process, or start Ray with the driver working meanwhile
-        "runner_used": summary.get("runner_used", summary.get("runner")), "driver_rows": summary.get("driver_rows"),
-        "auto": summary.get("auto"),
+        # the engine the default runner (auto) chose: in-process unless Ray is asked for or named
+        "engine": summary.get("engine"),
         "ray_startup_s": summary.get("ray_startup_s", summary.get("startup_s")),
         "running_images_per_s": summary.get("images_per_s_running"),
         "workers": summary.get("workers"), "threads_per_worker": summary.get("threads_per_worker"),

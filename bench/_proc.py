@@ -59,6 +59,7 @@ class TreeMemory:
     peak_rss_mib: float = 0.0  # sum of VmRSS (shared pages are counted once per process that maps them)
     peak_anon_mib: float = 0.0  # sum of RssAnon: private heap memory, the part that would grow with the listing
     peak_processes: int = 0
+    peak_process_rss_mib: float = 0.0  # the largest VmRSS of any one process of the tree: a worker's peak
     samples: int = 0
     first_task_s: float | None = None  # seconds from start() until a process of the tree first ran a watched task
 
@@ -90,6 +91,7 @@ class TreeSampler:
             m.peak_rss_mib = max(m.peak_rss_mib, sum(s.get("VmRSS", 0) for s in st) / 1024)
             m.peak_anon_mib = max(m.peak_anon_mib, sum(s.get("RssAnon", 0) for s in st) / 1024)
             m.peak_processes = max(m.peak_processes, sum(1 for s in st if s))
+            m.peak_process_rss_mib = max([m.peak_process_rss_mib, *(s.get("VmRSS", 0) / 1024 for s in st)])
             m.samples += 1
             if self.watch is not None and m.first_task_s is None and any(map(self._runs_task, pids)):
                 m.first_task_s = time.perf_counter() - self._t0

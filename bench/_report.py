@@ -67,11 +67,11 @@ def markdown(r: dict) -> str:
         c = row["modes"].get("aeflow")
         if c:
             busy = c["manifest_seconds_sum"] / ((c["workers"] or 1) * c["wall_s"]) if c["wall_s"] else None
-            rows.append([row["job"], f"{row['size']}²", c.get("runner_used"), c.get("driver_rows"), c["workers"],
+            rows.append([row["job"], f"{row['size']}²", c.get("engine"), c["workers"],
                          c["threads_per_worker"], c["wall_s"], c["process_wall_s"], c["first_task_s"],
                          1000.0 * c["manifest_seconds_sum"] / max(1, c["images"]),
                          _f(busy, 2), c["peak_rss_mib"], c["peak_processes"]])
-    lines += _table(["job", "size", "engine (auto)", "rows in the driver", "workers", "threads each", "job wall s",
+    lines += _table(["job", "size", "engine (auto)", "workers", "threads each", "job wall s",
                      "process wall s", "first batch starts s", "manifest ms/img", "busy", "peak RSS MiB",
                      "processes"], rows)
 

@@ -216,7 +216,7 @@ def _memory(cfg: BenchConfig, models: dict, scratch: Path, device: str, make_pho
            "descendants (Ray gcs_server, raylet, workers), read from /proc every 0.2 s; peak over the run"}
     for key, folder in (("n", base), ("10n", big)):
         _say(f"memory: {job} {cfg.rss_size}px on {folder.name}")
-        # --runner ray at both sizes: the default (auto) could keep N in-process and send 10N to Ray
+        # --runner ray at both sizes: the Ray engine's memory (the default keeps one machine's job in-process)
         r = run_cli(models[job], folder, scratch / f"out-mem-{key}", device, extra=("--runner", "ray"),
                     label=f"aeflow-{key}")
         out[key] = r

@@ -38,7 +38,7 @@ PLAN_COLUMNS = ("path", "rel", "out", "size", "mtime_ns")
 TASK_CPUS = 0.25
 ACTOR_CPU_FRACTION = 0.5
 OBJECT_STORE_SHARE = 0.5  # of the cluster's object store, for the job's blocks in flight
-START_TIMEOUT_S = 300  # no actor up by then: the job stops with an error rather than waiting forever
+START_TIMEOUT_S = 300  # actors not up by then (see _stages): the job stops with an error, never waits forever
 # A killed actor is restarted and its batch resent (bounded, so an input that crashes its worker every time
 # stops the job with an error instead of looping; a rerun resumes from the manifest)
 MAX_RESTARTS = 4
@@ -150,8 +150,9 @@ class PredictStage:
         self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
-        # the first batch of a restarted actor is the one its previous life died on (Ray resends it first)
-        self.resent = bool(ctx.was_current_actor_reconstructed)
+        # every row of a restarted life names its actor, so the driver counts restarts even when the batch that
+        # was resent first is the one whose output had already streamed back (Ray drops that duplicate)
+        self.restarted = ctx.get_actor_id() if ctx.was_current_actor_reconstructed else ""
 
     def __call__(self, batch: dict) -> dict:
         """Adds 'output' (image, or vector for encoders; empty on failure), per-row error, seconds and node."""
@@ -170,12 +171,10 @@ class PredictStage:
                     errors[i] = f"{type(y).__name__}: {y}"
                 else:
                     outputs[i] = y
-        resent = np.zeros(len(decoded), dtype=bool)
-        if self.resent and len(resent):
-            resent[0], self.resent = True, False
         keep = {c: batch[c] for c in (*PLAN_COLUMNS, "alpha", "icc", "in_w", "in_h")}
         return {**keep, "output": _objects(outputs), "error": np.array(errors, dtype=object), "seconds": seconds,
-                "node": np.array([self.node] * len(decoded), dtype=object), "resent": resent,
+                "node": np.array([self.node] * len(decoded), dtype=object),
+                "restarted": np.array([self.restarted] * len(decoded), dtype=object),
                 "device": np.array([self.predictor.device] * len(decoded), dtype=object),
                 "provider": np.array([self.predictor.providers[0]] * len(decoded), dtype=object)}
 
@@ -201,7 +200,7 @@ def write_stage(batch: dict, spec: WorkerSpec, role: str) -> dict:
         rows.append(json.dumps(row))
     n = len(rows)
     return {"row": np.array(rows, dtype=object), "vector": _objects(vectors), "fatal": np.array(fatal, dtype=object),
-            **{c: batch[c] for c in ("node", "resent", "device", "provider")}, "n": np.ones(n, dtype=np.int64)}
+            **{c: batch[c] for c in ("node", "restarted", "device", "provider")}, "n": np.ones(n, dtype=np.int64)}
 
 
 def _actor_options() -> dict:
@@ -225,6 +224,9 @@ def _quiet_data_context():
     ctx.verbose_stats_logs = False
     ctx.override_object_store_memory_limit_fraction = OBJECT_STORE_SHARE
     ctx.wait_for_min_actors_s = START_TIMEOUT_S
+    # The plan is read by read tasks of TASK_CPUS; the newer Parquet path lists files in a task that asks a
+    # whole CPU, which a node whose actors hold part of its only CPU never has (the job would hang)
+    ctx.use_datasource_v2 = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ctx
 
@@ -236,8 +238,9 @@ class RayEngine:
 
     def __init__(self, spec: WorkerSpec, info: ModelInfo, workers: int | None, address: str | None):
         self.spec, self.info, self.workers, self.address = spec, info, workers, address
-        self._facts: dict = {"startup_s": 0.0, "workers": 0, "threads_per_worker": 0, "retried_batches": 0,
+        self._facts: dict = {"startup_s": 0.0, "workers": 0, "threads_per_worker": 0, "restarted_workers": 0,
                              "worker_nodes": []}
+        self._restarted: set[str] = set()
 
     def _pool(self, ray) -> tuple[int, dict]:
         """(actors, their resource request) from the cluster's resources."""
@@ -263,7 +266,7 @@ class RayEngine:
             n_tasks = write_plan(batches, plan_dir)
             if not n_tasks:
                 return
-            ds = self._dataset(ray, plan_dir)
+            ds = self._dataset(ray, plan_dir, n_tasks)
             first = True
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 if first:
@@ -275,7 +278,7 @@ class RayEngine:
             if started:
                 ray.shutdown()
 
-    def _dataset(self, ray, plan_dir: Path):
+    def _dataset(self, ray, plan_dir: Path, n_tasks: int):
         import ray.data as rd
 
         _quiet_data_context()
@@ -285,15 +288,21 @@ class RayEngine:
         self._facts.update(workers=n, threads_per_worker=self.spec.threads)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
-            return self._stages(rd, plan_dir, n, request, info, size)
+            return self._stages(rd, plan_dir, n, request, info, size, n_tasks)
 
-    def _stages(self, rd, plan_dir: Path, n: int, request: dict, info: ModelInfo, size: int):
+    def _stages(self, rd, plan_dir: Path, n: int, request: dict, info: ModelInfo, size: int, n_tasks: int):
         gpu = {"num_gpus": request["num_gpus"]} if request["num_gpus"] else {}
-        return (rd.read_parquet(str(plan_dir), num_cpus=TASK_CPUS)
-                .repartition(target_num_rows_per_block=size)  # one block per batch: every actor gets work
+        # One block per batch, so every actor gets work: the read tasks split their part into that many blocks
+        # themselves (a repartition would be an all-to-all step asking a whole CPU, which a node whose actors
+        # hold part of its only CPU never has: the job would hang)
+        blocks = max(1, -(-n_tasks // size))
+        # --workers N is a request for N actors: the job waits for all of them (up to START_TIMEOUT_S), else it
+        # starts on the first one up and the others join as they come
+        least = n if self.workers else 1
+        return (rd.read_parquet(str(plan_dir), num_cpus=TASK_CPUS, override_num_blocks=blocks)
                 .map_batches(decode_stage, batch_size=size, fn_kwargs={"info": info}, num_cpus=TASK_CPUS)
                 .map_batches(PredictStage, batch_size=size, fn_constructor_kwargs={"spec": self.spec},
-                             compute=rd.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n),
+                             compute=rd.ActorPoolStrategy(min_size=least, max_size=n, initial_size=n),
                              num_cpus=request["num_cpus"], **_actor_options(), **gpu)
                 .map_batches(write_stage, batch_size=size, fn_kwargs={"spec": self.spec, "role": info.role},
                              num_cpus=TASK_CPUS))
@@ -311,14 +320,15 @@ class RayEngine:
                 r["vector"] = np.asarray(vector, dtype=np.float32)
             rows.append(r)
         f = self._facts
-        f["retried_batches"] += int(np.sum(b["resent"]))
+        self._restarted.update(str(a) for a in b["restarted"] if a)
+        f["restarted_workers"] = len(self._restarted)
         f["worker_nodes"] = sorted({*f["worker_nodes"], *map(str, b["node"])})
         f.setdefault("device", str(b["device"][0]))
         f.setdefault("providers", [str(b["provider"][0])])
         return rows
 
     def facts(self) -> dict:
-        """Actors, threads each, the nodes that predicted, resent batches, start-up (to the first rows)."""
+        """Actors, threads each, the nodes that predicted, actors restarted, start-up (to the first rows)."""
         import ray
 
         address = ray.get_runtime_context().gcs_address if ray.is_initialized() else self.address

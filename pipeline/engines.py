@@ -70,5 +70,5 @@ class LocalEngine:
 
     def facts(self) -> dict:
         """One worker on this machine's cores."""
-        return {"startup_s": 0.0, "workers": 1, "threads_per_worker": self.spec.threads, "retried_batches": 0,
+        return {"startup_s": 0.0, "workers": 1, "threads_per_worker": self.spec.threads, "restarted_workers": 0,
                 "worker_nodes": ["local"], **self._facts}

@@ -138,8 +138,8 @@ def start(cfg: ServeConfig) -> str:
     global _started_ray
     from ray import serve
 
-    from pipeline.predictor import resolve_device
     from pipeline.engine_ray import connect
+    from pipeline.predictor import resolve_device
 
     _check(cfg)
     device = resolve_device(cfg.device)

@@ -1,4 +1,4 @@
-"""A worker's three stages, read + decode, predict, write (one bad file fails only its row), and BatchWorker, all three."""
+"""A worker's stages (read + decode, predict, write; one bad file fails only its row) and BatchWorker, all three."""
 from __future__ import annotations
 
 import time

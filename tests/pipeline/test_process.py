@@ -34,8 +34,8 @@ def _cli(*args) -> list[str]:
 
 
 def test_pipeline_modules_do_not_import_torch(tmp_path):
-    code = ("import sys; import pipeline.runner, pipeline.engines, pipeline.engine_ray, pipeline.worker, aeflow.cli.jobs; "
-            "assert 'torch' not in sys.modules; print('ok')")
+    code = ("import sys; import pipeline.runner, pipeline.engines, pipeline.engine_ray, pipeline.worker, "
+            "aeflow.cli.jobs; assert 'torch' not in sys.modules; print('ok')")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # torch importable: it must simply not be imported
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
