@@ -170,8 +170,8 @@ def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path, logs: Path, 
         if cores:
             os.sched_setaffinity(0, cores[0])  # the harness (and its /proc sampler) lives on the head's half
         for k in range(rounds):
-            for nodes in (1, 2):
-                out["runs"].append({"round": k + 1, **_scaling_run(bm, photos, scratch, logs, nodes, cores)})
+            for nodes in (0, 1, 2):  # 0: the in-process engine on the head's cores, no Ray
+                out["runs"] += [{"round": k + 1, **r} for r in _scaling_run(bm, photos, scratch, logs, nodes, cores)]
     finally:
         os.sched_setaffinity(0, mine)
     out.update(scaling_ratios(out["runs"]))
@@ -179,29 +179,52 @@ def scaling(bm: BenchModel, photos: Path, size: int, scratch: Path, logs: Path, 
 
 
 def _scaling_run(bm: BenchModel, photos: Path, scratch: Path, logs: Path, nodes: int,
-                 cores: list[set[int]] | None) -> dict:
+                 cores: list[set[int]] | None) -> list[dict]:
+    """nodes 0: one in-process run. Else two jobs on one new cluster: `fresh` (the job starts Ray Data's
+    cluster-wide helper actors) and `warm` (a later job on a long-lived cluster finds them running)."""
     dest = scratch / f"out-scale-{nodes}"
-    with local_cluster(nodes, logs, cores[:nodes] if cores else None) as (address, env):
-        r = run_cli(bm, photos, dest, "cpu", address=address, env=env, label=f"aeflow-{nodes}node",
-                    cores=cores[0] if cores else None)
+    head = cores[0] if cores else None
+    if nodes == 0:
+        runs = [("local", run_cli(bm, photos, dest, "cpu", extra=("--runner", "local"), label="aeflow-local",
+                                  cores=head))]
+    else:
+        runs = []
+        with local_cluster(nodes, logs, cores[:nodes] if cores else None) as (address, env):
+            for state in ("fresh", "warm"):
+                runs.append((state, run_cli(bm, photos, dest, "cpu", address=address, env=env,
+                                            label=f"aeflow-{nodes}node-{state}", cores=head)))
     shutil.rmtree(dest, ignore_errors=True)
-    return {"nodes": nodes, "cpus": nodes, "workers": r["workers"], "worker_nodes": r["worker_nodes"],
+    return [{"cluster": state, **_run_facts(nodes, r)} for state, r in runs]
+
+
+def _run_facts(nodes: int, r: dict) -> dict:
+    return {"nodes": nodes, "cpus": max(1, nodes), "engine": r["engine"], "workers": r["workers"],
+            "worker_nodes": r["worker_nodes"],
             "images_per_s": r["images_per_s"], "process_images_per_s": r["process_images_per_s"],
             "steady_images_per_s": r["steady_images_per_s"], "rows_by_node": r["rows_by_node"],
             # the job's own rate once its actors answered (summary images_per_s_running): start-up excluded
             "running_images_per_s": r["running_images_per_s"], "ray_startup_s": r["ray_startup_s"]}
 
 
+def _ratio(runs: list[dict], rate: str, top: int, bottom: int, cluster: str) -> tuple[list[float], float | None]:
+    """(per round, over all rounds) rate of the `top`-node runs over the `bottom`-node ones, summed rates;
+    Ray runs of the given cluster state only (the in-process runs, nodes 0, have none)."""
+    by_round: dict[int, dict[int, float]] = {}
+    for r in runs:
+        if r.get(rate) and (r["nodes"] == 0 or r.get("cluster", "fresh") == cluster):
+            by_round.setdefault(r["round"], {})[r["nodes"]] = r[rate]
+    pairs = [v for v in by_round.values() if top in v and bottom in v]
+    total = round(sum(v[top] for v in pairs) / sum(v[bottom] for v in pairs), 3) if pairs else None
+    return [round(v[top] / v[bottom], 3) for v in pairs], total
+
+
 def scaling_ratios(runs: list[dict]) -> dict:
-    """2-node / 1-node rate: per round, and over all rounds (sum of the 2-node rates / sum of the 1-node ones)."""
+    """2-node / 1-node rate, and 1-node / in-process on the same core: per round and over all rounds (sums of
+    the rates), for fresh clusters and (suffix _warm) for a later job on the same cluster."""
     out: dict = {}
-    for key, rate in (("ratio", "images_per_s"), ("ratio_running", "running_images_per_s")):
-        by_round: dict[int, dict[int, float]] = {}
-        for r in runs:
-            if r.get(rate):
-                by_round.setdefault(r["round"], {})[r["nodes"]] = r[rate]
-        pairs = [v for v in by_round.values() if 1 in v and 2 in v]
-        out[key + "_by_round"] = [round(v[2] / v[1], 3) for v in pairs]
-        one, two = sum(v[1] for v in pairs), sum(v[2] for v in pairs)
-        out[key] = round(two / one, 3) if pairs else None
+    for cluster, suffix in (("fresh", ""), ("warm", "_warm")):
+        for key, rate, top, bottom in (("ratio", "images_per_s", 2, 1),
+                                       ("ratio_running", "running_images_per_s", 2, 1),
+                                       ("one_node_over_local", "images_per_s", 1, 0)):
+            out[key + suffix + "_by_round"], out[key + suffix] = _ratio(runs, rate, top, bottom, cluster)
     return out

@@ -20,7 +20,7 @@ STAGES = ("list", "read", "decode", "infer", "encode", "write", "manifest")
 JPEG_QUALITY = 95  # the same quality aeflow's writer uses (pipeline.writer.JPEG_QUALITY)
 CLI_TIMEOUT_S = 3 * 3600
 # Ray titles an actor's process with the method it runs: seeing it marks the end of the job's start-up.
-RAY_TASK_TITLE = "ray::RayWorker.process"
+RAY_TASK_TITLE = "ray::MapWorker(MapBatches(WorkerStage)).submit"  # a CPU actor running a batch
 
 
 class Stages:

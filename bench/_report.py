@@ -98,14 +98,19 @@ def markdown(r: dict) -> str:
         split = f"cores {sc['cores']} per node" if sc.get("pinned") else "cores not pinned"
         lines += ["", f"Scaling ({sc['job']}, {sc['n']} images {sc['size']}², `--address` to a local cluster, "
                       f"{split}, {sc.get('rounds', 1)} alternating rounds):", ""]
-        rows = [[v.get("round", 1), v["nodes"], v["cpus"], v["workers"], v["worker_nodes"], v["images_per_s"],
-                 v["process_images_per_s"], v.get("running_images_per_s"), v.get("ray_startup_s")]
+        rows = [[v.get("round", 1), v["nodes"] or "0 (in-process)", v.get("cluster", "–"), v["cpus"], v["workers"],
+                 v["worker_nodes"],
+                 v["images_per_s"], v["process_images_per_s"], v.get("running_images_per_s"), v.get("ray_startup_s")]
                 for v in sc["runs"]]
-        lines += _table(["round", "nodes", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)",
+        lines += _table(["round", "nodes", "cluster", "CPUs", "workers", "nodes used", "img/s (job)", "img/s (process)",
                          "img/s (job, once the actors answer)", "start-up s"], rows)
         lines += ["", f"2 nodes / 1 node: {_f(sc.get('ratio'), 2)} (job; by round {sc.get('ratio_by_round')}), "
                       f"{_f(sc.get('ratio_running'), 2)} (once the actors answer; by round "
-                      f"{sc.get('ratio_running_by_round')})"]
+                      f"{sc.get('ratio_running_by_round')}); 1 node / in-process on the same core: "
+                      f"{_f(sc.get('one_node_over_local'), 2)} (by round {sc.get('one_node_over_local_by_round')}). "
+                      f"A later job on the same cluster: 2/1 {_f(sc.get('ratio_warm'), 2)}, 1 node / in-process "
+                      f"{_f(sc.get('one_node_over_local_warm'), 2)} (by round "
+                      f"{sc.get('one_node_over_local_warm_by_round')})"]
     if r.get("scaling_error"):
         lines += ["", f"Scaling: not measured ({r['scaling_error'].splitlines()[0]})"]
     lines += ["", f"Bench wall time {r.get('bench_seconds')} s."]

@@ -45,6 +45,14 @@ def make_engine(name: str, spec: WorkerSpec, info: ModelInfo, workers: int | Non
     return LocalEngine(spec)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, a container's cpuset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 class LocalEngine:
     """One in-process worker using every core: the three stages run batch after batch in the driver."""
 
@@ -52,7 +60,7 @@ class LocalEngine:
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        self.spec.threads = os.cpu_count() or 1
+        self.spec.threads = usable_cores()
         self._facts: dict = {}
 
     def rows(self, batches: Iterator[list[Task]]) -> Iterator[list[dict]]:

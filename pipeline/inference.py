@@ -39,12 +39,18 @@ def decode_for(source: bytes | str | os.PathLike, info: ModelInfo,
     return decode_with_header(data, channels=channels, max_pixels=max_pixels, min_side=decode_side(info))
 
 
+# Pixels per model call on CPU (a few small images, or one tile with its halo): bounds a worker's memory by
+# the tile, not by the batch or the image
+CPU_PIXELS_PER_CALL = 640 * 640
+
+
 def image2image(predictor: Predictor, images: list[np.ndarray], tile: int = 512,
                 batch_size: int = 8) -> list[np.ndarray | Exception]:
     """Run an image2image model on each image, in order; a failure is returned in its slot, never raised.
 
     Images whose sides are all <= tile are batched by exact shape (one ONNX call per shape and chunk of
-    batch_size); larger ones run in overlapping tiles (pipeline.tiling). A failed chunk is retried image by
+    batch_size, on CPU at most CPU_PIXELS_PER_CALL pixels); larger ones run in overlapping tiles
+    (pipeline.tiling), on CPU one tile per call. A failed chunk is retried image by
     image, so one bad input fails alone. This is the batch worker's bucketing, kept identical.
     """
     info = predictor.info
@@ -52,17 +58,27 @@ def image2image(predictor: Predictor, images: list[np.ndarray], tile: int = 512,
     def predict(x: np.ndarray) -> np.ndarray:
         return predictor({"image": x})["output"]
 
+    def per_call(pixels: int) -> int:
+        # On CPU a call's activations live in the worker's own memory: eight 568² tiles of the shipped
+        # denoiser took 2.1 GB more than one, and ran no faster (docs/benchmarks.md); GPUs keep the batch
+        if predictor.device == "cuda":
+            return batch_size
+        return max(1, min(batch_size, CPU_PIXELS_PER_CALL // max(1, pixels)))
+
     outs: list[np.ndarray | Exception | None] = [None] * len(images)
     buckets: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         h, w = im.shape[:2]
         buckets.setdefault((h, w) if max(h, w) <= tile else ("tiled", i), []).append(i)
     for key, idx in buckets.items():
-        for k in range(0, len(idx), batch_size):
-            chunk = idx[k:k + batch_size]
+        h, w = images[idx[0]].shape[:2]
+        step = 1 if key[0] == "tiled" else per_call(h * w)
+        for k in range(0, len(idx), step):
+            chunk = idx[k:k + step]
             try:
                 if key[0] == "tiled":
-                    outs[chunk[0]] = predict_tiled(predict, images[chunk[0]], tile, info.halo, info.scale, batch_size)
+                    tiles = per_call((tile + 2 * info.halo) ** 2)
+                    outs[chunk[0]] = predict_tiled(predict, images[chunk[0]], tile, info.halo, info.scale, tiles)
                 else:
                     for i, y in zip(chunk, predict(np.stack([images[i] for i in chunk]))):
                         outs[i] = y

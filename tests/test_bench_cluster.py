@@ -28,8 +28,8 @@ def test_named_ports_stay_out_of_the_worker_range():
             assert not [p for p in named if low <= p <= low + WORKER_PORTS]
 
 
-def _run(rnd: int, nodes: int, job: float | None, running: float | None) -> dict:
-    return {"round": rnd, "nodes": nodes, "images_per_s": job, "running_images_per_s": running}
+def _run(rnd: int, nodes: int, job: float | None, running: float | None, cluster: str = "fresh") -> dict:
+    return {"round": rnd, "nodes": nodes, "images_per_s": job, "running_images_per_s": running, "cluster": cluster}
 
 
 def test_scaling_ratios_pair_runs_by_round():
@@ -43,6 +43,15 @@ def test_scaling_ratios_pair_runs_by_round():
     r = scaling_ratios([_run(1, 1, 10.0, None), _run(1, 2, 18.0, None), _run(2, 1, 9.0, 9.0)])
     assert r["ratio_by_round"] == [1.8] and r["ratio"] == 1.8
     assert r["ratio_running_by_round"] == [] and r["ratio_running"] is None
+    # nodes 0: the in-process engine on the head's core, against which the 1-node Ray job is compared
+    r = scaling_ratios([_run(1, 0, 10.0, None), _run(1, 1, 9.0, None), _run(2, 0, 12.0, None), _run(2, 1, 11.4, None)])
+    assert r["one_node_over_local_by_round"] == [0.9, 0.95] and r["one_node_over_local"] == round(20.4 / 22, 3)
+    assert r["ratio_by_round"] == []  # no 2-node runs
+    # a later job on the same cluster is compared with its like only
+    r = scaling_ratios([_run(1, 0, 10.0, None), _run(1, 1, 8.0, None), _run(1, 1, 9.5, None, "warm"),
+                        _run(1, 2, 15.0, None), _run(1, 2, 19.0, None, "warm")])
+    assert r["one_node_over_local"] == 0.8 and r["one_node_over_local_warm"] == 0.95
+    assert r["ratio"] == 1.875 and r["ratio_warm"] == 2.0
 
 
 def _affinity_of_cluster(port: int) -> dict[int, set[int]]:
