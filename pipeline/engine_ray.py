@@ -40,7 +40,7 @@ PLAN_ROW_BYTES = 200  # about, in memory: two paths, an output name, two integer
 TASK_CPUS = 0.25
 ACTOR_CPU_FRACTION = 0.5
 OBJECT_STORE_SHARE = 0.5  # of the cluster's object store, for the job's blocks in flight
-START_TIMEOUT_S = 300  # actors not up by then (see _stages): the job stops with an error, never waits forever
+START_TIMEOUT_S = 300  # actors not up by then: the job stops with a configuration error, never waits forever
 # A killed actor is restarted and its batch resent (bounded, so an input that crashes its worker every time
 # stops the job with an error instead of looping; a rerun resumes from the manifest)
 MAX_RESTARTS = 4
@@ -173,19 +173,31 @@ def _decoded(batch: dict) -> list[_Decoded]:
                                               batch["seconds"], batch["in_w"], batch["in_h"])]
 
 
-class PredictStage:
-    """Ray Data actor of the split layout: the session opened once; predicts every decoded row, tags its node."""
+class _Actor:
+    """What both layouts' actors share: the session opened once, and the tags of every row they return."""
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, predictor: Predictor):
         import ray
 
-        self.spec = spec
-        self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
+        self.spec, self.predictor = spec, predictor
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
         # every row of a restarted life names its actor, so the driver counts restarts even when the batch that
         # was resent first is the one whose output had already streamed back (Ray drops that duplicate)
         self.restarted = ctx.get_actor_id() if ctx.was_current_actor_reconstructed else ""
+
+    def tags(self, n: int) -> dict:
+        """The node, restarted-actor, device and provider columns for n rows."""
+        return {k: np.array([v] * n, dtype=object) for k, v in (
+            ("node", self.node), ("restarted", self.restarted), ("device", self.predictor.device),
+            ("provider", self.predictor.providers[0]))}
+
+
+class PredictStage(_Actor):
+    """Ray Data actor of the split layout: predicts every decoded row."""
+
+    def __init__(self, spec: WorkerSpec):
+        super().__init__(spec, Predictor(spec.model_path, spec.device, spec.threads))
 
     def __call__(self, batch: dict) -> dict:
         """Adds 'output' (image, or vector for encoders; empty on failure), per-row error, seconds and node."""
@@ -206,13 +218,10 @@ class PredictStage:
                     outputs[i] = y
         keep = {c: batch[c] for c in (*PLAN_COLUMNS, "alpha", "icc", "in_w", "in_h")}
         return {**keep, "output": _objects(outputs), "error": np.array(errors, dtype=object), "seconds": seconds,
-                "node": np.array([self.node] * len(decoded), dtype=object),
-                "restarted": np.array([self.restarted] * len(decoded), dtype=object),
-                "device": np.array([self.predictor.device] * len(decoded), dtype=object),
-                "provider": np.array([self.predictor.providers[0]] * len(decoded), dtype=object)}
+                **self.tags(len(decoded))}
 
 
-class WorkerStage:
+class WorkerStage(_Actor):
     """Ray Data actor of CPU jobs: the three stages of pipeline/worker.py in one call (BatchWorker), per batch.
 
     Only the plan's rows go in and manifest rows come out: no image crosses the object store, and no decode or
@@ -221,13 +230,8 @@ class WorkerStage:
     """
 
     def __init__(self, spec: WorkerSpec):
-        import ray
-
-        self.spec = spec
         self.worker = BatchWorker(spec)
-        ctx = ray.get_runtime_context()
-        self.node = ctx.get_node_id()
-        self.restarted = ctx.get_actor_id() if ctx.was_current_actor_reconstructed else ""
+        super().__init__(spec, self.worker.predictor)
 
     def __call__(self, batch: dict) -> dict:
         """Manifest rows (JSON), vectors and a disk-full marker for the batch's Tasks."""
@@ -237,10 +241,7 @@ class WorkerStage:
         except OutputSpaceError as exc:
             rows = [task_row(self.spec, t, status="failed", error=str(exc)) for t in tasks]
             fatal = [FATAL_DISK] * len(tasks)
-        return {**_result(rows, fatal), "node": np.array([self.node] * len(rows), dtype=object),
-                "restarted": np.array([self.restarted] * len(rows), dtype=object),
-                "device": np.array([self.worker.predictor.device] * len(rows), dtype=object),
-                "provider": np.array([self.worker.predictor.providers[0]] * len(rows), dtype=object)}
+        return {**_result(rows, fatal), **self.tags(len(rows))}
 
 
 def _result(rows: list[dict], fatal: list[str]) -> dict:
@@ -296,6 +297,17 @@ def _actor_options() -> dict:
     return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
 
 
+def _unless_no_actors(batches: Iterator[dict], ray, workers: int) -> Iterator[dict]:
+    """The result batches; actors that never started (no room for them, or a node that never came up) end
+    the job with a configuration error (exit 2) instead of Ray Data's timeout traceback."""
+    try:
+        yield from batches
+    except ray.exceptions.GetTimeoutError as exc:
+        raise JobConfigError(f"Ray could not start the job's {workers} worker(s) within {START_TIMEOUT_S} s: the "
+                             "cluster has no room for them, or a node never came up (see `ray status`); "
+                             "fewer --workers, or more nodes") from exc
+
+
 def _quiet_data_context():
     """Ray Data's own progress bars and per-dataset logs off (aeflow's bar counts images); bounded resources."""
     import ray.data as rd
@@ -308,6 +320,8 @@ def _quiet_data_context():
     ctx.verbose_stats_logs = False
     ctx.override_object_store_memory_limit_fraction = OBJECT_STORE_SHARE
     ctx.wait_for_min_actors_s = START_TIMEOUT_S
+    # Each block goes to the least busy actor, not to one beside the data: a plan block is a few hundred bytes
+    ctx.execution_options.actor_locality_enabled = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ctx
 
@@ -352,7 +366,8 @@ class RayEngine:
             ds = self._dataset(ray, parts)
             marks["dataset"] = time.perf_counter() - t0
             first = True
-            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for b in _unless_no_actors(ds.iter_batches(batch_size=None, batch_format="numpy"), ray,
+                                       self._facts["workers"]):
                 if first:
                     self._facts["startup_s"] = round(time.perf_counter() - t0, 3)
                     log.debug("ray engine start-up, seconds since it began: %s, first rows %.2f",
@@ -383,10 +398,12 @@ class RayEngine:
         # hold part of its only CPU never has: the job would hang)
         total = sum(k for _, k in parts)
         blocks = max(1, -(-total // (size * batches_per_block(total, size, n))))
-        # --workers N is a request for N actors: the job waits for all of them (up to START_TIMEOUT_S), else it
-        # starts on the first one up and the others join as they come
-        least = n if self.workers else 1
-        pool = dict(compute=rd.ActorPoolStrategy(min_size=least, max_size=n, initial_size=n),
+        # A fixed pool: Ray Data starts all n actors before the first block (waiting up to START_TIMEOUT_S), and
+        # a pool allowed to shrink could drop an actor that is idle at the start, leaving its node unused
+        # One block in flight per actor (a block is up to 4 batches, seconds of work: the round trip to send the
+        # next one is noise): with more, the first actor up could take every block of a small job while another
+        # node's actor idled (1 run in 5 of the two-node test; none in 10 like this)
+        pool = dict(compute=rd.ActorPoolStrategy(min_size=n, max_size=n, max_tasks_in_flight_per_actor=1),
                     num_cpus=request["num_cpus"], **_actor_options(), **gpu)
         plan = rd.read_datasource(plan_source(parts), num_cpus=TASK_CPUS, override_num_blocks=blocks)
         self._facts["layout"] = layout(self.spec.device)

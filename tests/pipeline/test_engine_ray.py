@@ -93,3 +93,17 @@ def test_blocks_grow_with_the_job_but_every_actor_keeps_work():
         k = batches_per_block(tasks, size, actors)
         assert 1 <= k <= MAX_BATCHES_PER_BLOCK
         assert k == 1 or tasks // (k * size) >= actors * BLOCKS_PER_ACTOR
+
+
+def test_workers_that_never_start_end_the_job_with_a_clear_error(ray_session, store, images, tmp_path, monkeypatch):
+    import pipeline.engine_ray as engine_ray
+    from pipeline.predictor import JobConfigError
+
+    # a resource no node has: the actors stay pending, as when their node never comes up
+    monkeypatch.setattr(engine_ray, "START_TIMEOUT_S", 3)
+    monkeypatch.setattr(engine_ray, "_actor_options", lambda: {"max_restarts": 0, "resources": {"no-such-node": 1}})
+    cfg = JobConfig(job="denoise", in_dir=images, out_dir=tmp_path / "out", model="denoise", store=store,
+                    runner="ray", batch_size=2, workers=2, progress=False)
+    with pytest.raises(JobConfigError, match="could not start the job's 2 worker"):
+        run_job(cfg)
+    assert not list((tmp_path / "out").rglob("*.png"))  # nothing was written
