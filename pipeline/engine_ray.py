@@ -321,7 +321,10 @@ def _quiet_data_context():
     ctx.override_object_store_memory_limit_fraction = OBJECT_STORE_SHARE
     ctx.wait_for_min_actors_s = START_TIMEOUT_S
     # Each block goes to the least busy actor, not to one beside the data: a plan block is a few hundred bytes
-    ctx.execution_options.actor_locality_enabled = False
+    # (the option is deprecated in Ray 2.60 but still read by its actor pools)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctx.execution_options.actor_locality_enabled = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ctx
 
