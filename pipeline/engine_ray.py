@@ -396,16 +396,15 @@ class RayEngine:
 
     def _stages(self, rd, parts: list[tuple[str, int]], n: int, request: dict, info: ModelInfo, size: int):
         gpu = {"num_gpus": request["num_gpus"]} if request["num_gpus"] else {}
-        # One block per batch, so every actor gets work: the read tasks split their part into that many blocks
-        # themselves (a repartition would be an all-to-all step asking a whole CPU, which a node whose actors
-        # hold part of its only CPU never has: the job would hang)
+        # Blocks of one to MAX_BATCHES_PER_BLOCK batches, cut by the read tasks themselves (a repartition would
+        # be an all-to-all step asking a whole CPU, which a node whose actors hold part of its only CPU never
+        # has: the job would hang)
         total = sum(k for _, k in parts)
         blocks = max(1, -(-total // (size * batches_per_block(total, size, n))))
-        # A fixed pool: Ray Data starts all n actors before the first block (waiting up to START_TIMEOUT_S), and
-        # a pool allowed to shrink could drop an actor that is idle at the start, leaving its node unused
-        # One block in flight per actor (a block is up to 4 batches, seconds of work: the round trip to send the
-        # next one is noise): with more, the first actor up could take every block of a small job while another
-        # node's actor idled (1 run in 5 of the two-node test; none in 10 like this)
+        # A fixed pool (Ray Data starts all n actors before the first block, waiting up to START_TIMEOUT_S), one
+        # block in flight per actor (a block is seconds of work: the round trip to send the next is noise): with
+        # more, the first actor up could take every block of a small job while another node's actor idled (1 run
+        # in 5 of the two-node test; none in 10 like this)
         pool = dict(compute=rd.ActorPoolStrategy(min_size=n, max_size=n, max_tasks_in_flight_per_actor=1),
                     num_cpus=request["num_cpus"], **_actor_options(), **gpu)
         plan = rd.read_datasource(plan_source(parts), num_cpus=TASK_CPUS, override_num_blocks=blocks)
