@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from aeflow import storage
 from aeflow.files import atomic_path, write_text
-from pipeline.embeddings import EmbeddingsError, iter_embedding_batches
+from pipeline.embeddings import EMBEDDINGS_DIR, EmbeddingsError, iter_embedding_batches
+from pipeline.index import INDEX_DIR
 
 DEDUP_DIR = "dedup"
 DEFAULT_K = 10
@@ -102,7 +104,7 @@ def _neighbours(out: Path, paths: list[str], x: np.ndarray, when: np.ndarray, k:
     return nbr, sim, len(queried)
 
 
-def _hashes(out: Path, in_dir: Path | None, paths: list[str]) -> tuple[list[str | None], list[int | None], int]:
+def _hashes(out: Path, in_dir, paths: list[str]) -> tuple[list[str | None], list[int | None], int]:
     """(sha256 or None, size or None) per path, from the cache where size and mtime are unchanged; files hashed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -112,28 +114,29 @@ def _hashes(out: Path, in_dir: Path | None, paths: list[str]) -> tuple[list[str 
     if cache_file.is_file():
         c = pq.read_table(cache_file).to_pylist()
         cache = {(r["path"], r["size"], r["mtime_ns"]): r["sha256"] for r in c}
+    # an S3 IN_DIR is listed once (page by page) rather than asked for each object's size in its own request
+    listed = {e.rel: e for e in storage.iter_files(in_dir)} if storage.is_remote(in_dir) else None
     digests, sizes, rows, hashed = [], [], [], 0
     for p in paths:
-        f = (in_dir / p) if in_dir is not None else None
-        try:
-            st = f.stat() if f is not None else None
-        except OSError:
-            st = None
+        st = (listed.get(p) if listed is not None else storage.stat(in_dir / p)) if in_dir is not None else None
         if st is None:
             digests.append(None)
             sizes.append(None)
             continue
-        key = (p, st.st_size, st.st_mtime_ns)
+        key = (p, st.size, st.mtime_ns)
         d = cache.get(key)
         if d is None:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            if listed is not None:
+                h = hashlib.sha256(storage.read_bytes(st.path))
+            else:
+                h = hashlib.sha256()
+                with open(st.path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
             d, hashed = h.hexdigest(), hashed + 1
         digests.append(d)
-        sizes.append(st.st_size)
-        rows.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": d})
+        sizes.append(st.size)
+        rows.append({"path": p, "size": st.size, "mtime_ns": st.mtime_ns, "sha256": d})
     table = pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("size", pa.int64()),
                                                          ("mtime_ns", pa.int64()), ("sha256", pa.string())]))
     with atomic_path(cache_file) as tmp:
@@ -153,19 +156,30 @@ def components(n: int, pairs_a: np.ndarray, pairs_b: np.ndarray) -> np.ndarray:
 def find_groups(out_dir, threshold: float | None = None, k: int = DEFAULT_K, in_dir=None,
                 progress: bool = True, page: bool = True, store=None) -> dict:
     """Group OUT_DIR's embedded images into near and exact duplicates; writes OUT_DIR/dedup/ and returns the summary."""
+    if int(k) < 1:
+        raise EmbeddingsError(f"k must be >= 1, not {k}")
+    job = _job_summary(out_dir, store)
+    if in_dir is None:
+        in_dir = job.get("in_dir")
+    in_dir = None if in_dir is None else (str(in_dir) if storage.is_remote(str(in_dir)) else Path(in_dir))
+    # an s3:// OUT_DIR: built in a local mirror, its dedup/ (groups, page, caches) uploaded back
+    with storage.mirrored(out_dir, pull=(EMBEDDINGS_DIR, INDEX_DIR, DEDUP_DIR), push=(DEDUP_DIR,)) as out:
+        summary = _find_groups(out, job, threshold, int(k), in_dir, progress, page)
+    if storage.is_remote(out_dir) and "page" in summary:  # the uploaded page, and the mirror's copy to open
+        summary["page_local"] = summary["page"]
+        summary["page"] = str(storage.join(storage.normalize(out_dir), DEDUP_DIR, "index.html"))
+    return summary
+
+
+def _find_groups(out: Path, job: dict, threshold, k: int, in_dir, progress: bool, page: bool) -> dict:
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    out = Path(out_dir)
-    if int(k) < 1:
-        raise EmbeddingsError(f"k must be >= 1, not {k}")
-    job = _job_summary(out, store)
     if threshold is None:
         threshold = float(job.get("dedup_threshold") or DEFAULT_THRESHOLD)
     if not -1.0 <= float(threshold) <= 1.0:
         raise EmbeddingsError(f"threshold is a cosine similarity in [-1, 1], not {threshold}")
-    in_dir = Path(in_dir) if in_dir is not None else (Path(job["in_dir"]) if job.get("in_dir") else None)
     paths, x, when, ws, hs = _latest_rows(out)
     nbr, sim, queried = _neighbours(out, paths, x, when, int(k), progress)
     digests, sizes, hashed = _hashes(out, in_dir, paths)
@@ -224,10 +238,11 @@ def find_groups(out_dir, threshold: float | None = None, k: int = DEFAULT_K, in_
     return summary
 
 
-def _job_summary(out: Path, store=None) -> dict:
+def _job_summary(out_dir, store=None) -> dict:
     """The embed job's summary.json (input folder, model), plus the model card's dedup threshold if it has one."""
-    f = out / "_aeflow" / "summary.json"
-    job = json.loads(f.read_text()) if f.is_file() else {}
+    from pipeline.manifest import read_summary
+
+    job = read_summary(out_dir)
     model = job.get("model") or {}
     info = {"in_dir": job.get("in_dir"), "model": f"{model.get('name')}:{model.get('version')}" if model else None}
     if model.get("name"):

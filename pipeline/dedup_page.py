@@ -6,6 +6,7 @@ import html
 import io
 from pathlib import Path
 
+from aeflow import storage
 from aeflow.files import write_text
 
 MAX_GROUPS = 300     # groups on the page (all of them are in groups.parquet / groups.csv)
@@ -37,12 +38,12 @@ window.addEventListener('load', function () {
 """
 
 
-def _thumb(path: Path) -> str | None:
-    """A data: URI of a small JPEG of the image, or None when it cannot be read."""
+def _thumb(path) -> str | None:
+    """A data: URI of a small JPEG of the image (a path or an s3:// URL), or None when it cannot be read."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path) as im:
             im = ImageOps.exif_transpose(im)
             im.draft("RGB", (THUMB, THUMB))
             im = im.convert("RGB")
@@ -64,7 +65,7 @@ def _size(n) -> str:
     return str(n)
 
 
-def write_page(dest: Path, rows: list[dict], in_dir: Path | None, summary: dict) -> Path:
+def write_page(dest: Path, rows: list[dict], in_dir, summary: dict) -> Path:
     """Write the review page for groups.parquet's rows (sorted by group, representative first); returns dest."""
     groups: dict[int, list[dict]] = {}
     for r in rows:
@@ -82,7 +83,7 @@ def write_page(dest: Path, rows: list[dict], in_dir: Path | None, summary: dict)
     for g, members in list(groups.items())[:MAX_GROUPS]:
         parts.append(f"<section class=group id=g{g}><h2>Group {g}: {len(members)} images</h2><div class=items>")
         for r in members[:MAX_PER_GROUP]:
-            src = _thumb(in_dir / r["path"]) if in_dir is not None else None
+            src = _thumb(storage.join(in_dir, r["path"])) if in_dir is not None else None
             cls = "rep" if r["representative"] else r["match"]
             label = "kept" if r["representative"] else f"{r['match']} {r['similarity']:.3f}"
             img = f"<img src='{src}' alt='{e(r['path'])}'>" if src else "<div class=missing></div>"

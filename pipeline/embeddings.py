@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from aeflow import storage
 from aeflow.errors import UsageError
 
 EMBEDDINGS_DIR = "embeddings"
@@ -29,17 +30,29 @@ class EmbeddingsError(UsageError, ValueError):
     """Bad embeddings input or an unusable embeddings folder (fixable by the user: exit code 2 in the CLI)."""
 
 
-def embeddings_dir(out_dir: str | os.PathLike) -> Path:
-    """OUT_DIR/embeddings."""
-    return Path(out_dir) / EMBEDDINGS_DIR
+def embeddings_dir(out_dir: str | os.PathLike) -> Path | str:
+    """OUT_DIR/embeddings (a URL for an s3:// OUT_DIR)."""
+    return storage.join(out_dir if storage.is_remote(out_dir) else Path(out_dir), EMBEDDINGS_DIR)
 
 
-def list_parts(out_dir: str | os.PathLike) -> list[Path]:
-    """Published part files, sorted by name; temp files of writers in flight (hidden, .tmp) are not parts."""
+def list_parts(out_dir: str | os.PathLike) -> list:
+    """Published part files (Paths, or URLs on S3), sorted by name; writers' temp files (hidden, .tmp) are not."""
     d = embeddings_dir(out_dir)
+    if storage.is_remote(d):
+        return sorted(e.path for e in storage.iter_files(d) if "/" not in e.rel and _PART_RE.match(e.rel))
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if not p.name.startswith(".") and _PART_RE.match(p.name) and p.is_file())
+
+
+def read_part(part, columns: Sequence[str] | None = None):
+    """One part as a pyarrow Table (an S3 part is fetched whole: parts are a few MB)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if storage.is_remote(part):
+        return pq.read_table(pa.BufferReader(storage.read_bytes(part)), columns=columns)
+    return pq.read_table(part, columns=columns)
 
 
 def _schema(dim: int, dtype: str):
@@ -132,7 +145,6 @@ class EmbeddingWriter:
 
     def _write(self, n: int) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         vecs = np.concatenate(self._vectors) if len(self._vectors) > 1 else self._vectors[0]
         times = np.concatenate(self._times) if len(self._times) > 1 else self._times[0]
@@ -146,6 +158,18 @@ class EmbeddingWriter:
             _string_array([self.model_id] * n),
             _numpy_array(pa.timestamp("us", tz="UTC"), times[:n].astype("datetime64[us]").view(np.int64)),
         ], schema=self.schema)
+        if storage.is_remote(self.dir):
+            self.written.append(_publish_remote(table, self.dir, self.prefix))
+        else:
+            self._write_local(table)
+        # drop the published rows only once the part is visible (a failed write keeps them buffered)
+        self._paths, self._widths, self._heights = self._paths[n:], self._widths[n:], self._heights[n:]
+        self._vectors = [vecs[n:]] if len(vecs) > n else []
+        self._times = [times[n:]] if len(times) > n else []
+
+    def _write_local(self, table) -> None:
+        import pyarrow.parquet as pq
+
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{self.prefix}.{uuid.uuid4().hex}.tmp"
         try:
@@ -156,10 +180,6 @@ class EmbeddingWriter:
             self.written.append(_publish(tmp, self.dir, self.prefix))
         finally:
             tmp.unlink(missing_ok=True)
-        # drop the published rows only once the part is visible (a failed write keeps them buffered)
-        self._paths, self._widths, self._heights = self._paths[n:], self._widths[n:], self._heights[n:]
-        self._vectors = [vecs[n:]] if len(vecs) > n else []
-        self._times = [times[n:]] if len(times) > n else []
 
 
 def _numpy_array(type_, a: np.ndarray):
@@ -193,6 +213,21 @@ def _publish(tmp: Path, folder: Path, prefix: str) -> Path:
             num += 1
 
 
+def _publish_remote(table, folder: str, prefix: str) -> str:
+    """Upload the part under the next free number: a conditional PUT, so no part is ever overwritten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    nums = [int(m["num"]) for e in storage.iter_files(folder) if (m := _PART_RE.match(e.rel)) and m["prefix"] == prefix]
+    num = max(nums, default=0) + 1
+    while not storage.write_new(final := f"{folder}/{prefix}-{num:05d}.parquet", data):
+        num += 1  # another writer with the same prefix took this number
+    return final
+
+
 def _vectors_to_numpy(col) -> np.ndarray:
     """A (chunked) fixed_size_list column as a float32 (n, dim) array."""
     import pyarrow as pa
@@ -212,11 +247,10 @@ def vectors_of(table) -> np.ndarray:
 
 def _winners(parts: Sequence[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each part, (mask of its rows that win the latest-row rule among `parts`, its paths)."""
-    import pyarrow.parquet as pq
 
     keys, times, owner = [], [], []
     for i, p in enumerate(parts):
-        t = pq.read_table(p, columns=["path", "written_at"])
+        t = read_part(p, columns=["path", "written_at"])
         keys.append(np.asarray(t.column("path").to_pylist(), dtype=object))
         times.append(t.column("written_at").to_numpy().astype("datetime64[us]").astype(np.int64))
         owner.append(np.full(t.num_rows, i, np.int64))
@@ -241,7 +275,6 @@ def iter_latest_parts(parts: Sequence[Path], columns: Sequence[str] | None = Non
 
     `paths` keeps only those paths, and parts holding none of them are not read at all.
     """
-    import pyarrow.parquet as pq
 
     cols = _check_columns(columns)
     wanted = None if paths is None else set(paths)
@@ -249,7 +282,7 @@ def iter_latest_parts(parts: Sequence[Path], columns: Sequence[str] | None = Non
         if wanted is not None:
             mask = mask & np.fromiter((k in wanted for k in keys), bool, len(keys))
         if mask.any():
-            yield p, pq.read_table(p, columns=cols).filter(mask)
+            yield p, read_part(p, columns=cols).filter(mask)
 
 
 def iter_embedding_batches(out_dir: str | os.PathLike, batch_rows: int = 65536, columns: Sequence[str] | None = None,
@@ -280,14 +313,13 @@ def read_embeddings(out_dir: str | os.PathLike, columns: Sequence[str] | None = 
     `paths` keeps only those paths (e.g. a search query). Rows come in part-name order.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     cols = _check_columns(columns)
     tables = list(iter_embedding_batches(out_dir, batch_rows=1 << 62, columns=cols, paths=paths))
     if tables:
         return concat_embeddings(tables)
     parts = list_parts(out_dir)
-    schema = pq.read_schema(parts[0]) if parts else _schema(1, "float32")
+    schema = read_part(parts[0]).schema if parts else _schema(1, "float32")
     return pa.schema([schema.field(c) for c in cols]).empty_table()
 
 

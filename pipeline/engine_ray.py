@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from aeflow import storage
 from pipeline.manifest import META_DIR
 from pipeline.predictor import JobConfigError, ModelInfo, Predictor
 from pipeline.reader import Task
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PLAN_DIR = f"{META_DIR}/plan"
 PLAN_ROWS_PER_PART = 10_000  # Tasks per Parquet part: the driver holds at most one part while listing
-PLAN_COLUMNS = ("path", "rel", "out", "size", "mtime_ns")
+PLAN_COLUMNS = ("path", "rel", "out", "size", "mtime_ns", "etag")
 PLAN_ROW_BYTES = 200  # about, in memory: two paths, an output name, two integers
 # CPU requests are accounting, not limits: decode/write tasks and actors ask for fractions, so a 2-CPU node
 # always has room for the tasks that feed its actors (with whole CPUs, the actors hold every CPU and the
@@ -69,22 +69,27 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def write_plan(batches: Iterator[list[Task]], plan_dir: Path) -> list[tuple[str, int]]:
-    """Stream the Tasks into Parquet parts under plan_dir (emptied first); (part path, Tasks in it) of each."""
+def write_plan(batches: Iterator[list[Task]], plan_dir) -> list[tuple[str, int]]:
+    """Stream the Tasks into Parquet parts under plan_dir (emptied first); (part path, Tasks in it) of each.
+
+    On an s3:// OUT_DIR the parts are objects, so read tasks on any node find them without a shared folder.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shutil.rmtree(plan_dir, ignore_errors=True)  # a killed run's plan: this run plans afresh
-    plan_dir.mkdir(parents=True)
+    storage.delete_tree(plan_dir)  # a killed run's plan: this run plans afresh
     held: list[Task] = []
     parts: list[tuple[str, int]] = []
 
     def flush() -> None:
         table = pa.table({"path": [t.path for t in held], "rel": [t.rel for t in held],
                           "out": [t.out or "" for t in held], "size": pa.array([t.size for t in held], pa.int64()),
-                          "mtime_ns": pa.array([t.mtime_ns for t in held], pa.int64())})
-        path = plan_dir / f"part-{len(parts):06d}.parquet"
-        pq.write_table(table, path)
+                          "mtime_ns": pa.array([t.mtime_ns for t in held], pa.int64()),
+                          "etag": [t.etag or "" for t in held]})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        path = storage.join(plan_dir, f"part-{len(parts):06d}.parquet")
+        storage.write_bytes(path, sink.getvalue().to_pybytes())
         parts.append((str(path), len(held)))
         held.clear()
 
@@ -97,13 +102,15 @@ def write_plan(batches: Iterator[list[Task]], plan_dir: Path) -> list[tuple[str,
     return parts
 
 
-def _read_part(path: str) -> list:
+def _read_part(path: str, endpoint: str | None) -> list:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return [pq.read_table(path)]
+    storage.configure(endpoint)
+    return [pq.read_table(pa.BufferReader(storage.read_bytes(path)))]
 
 
-def plan_source(parts: list[tuple[str, int]]):
+def plan_source(parts: list[tuple[str, int]], endpoint: str | None = None):
     """A Ray Data datasource of the plan parts: one read task per part, its row count known from write_plan.
 
     read_parquet would first sample the parts' metadata in a remote task of its own, a worker process started
@@ -119,7 +126,7 @@ def plan_source(parts: list[tuple[str, int]]):
             return sum(n for _, n in parts) * PLAN_ROW_BYTES
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
-            return [ReadTask(partial(_read_part, path),
+            return [ReadTask(partial(_read_part, path, endpoint),
                              BlockMetadata(num_rows=n, size_bytes=n * PLAN_ROW_BYTES, input_files=None,
                                            exec_stats=None))
                     for path, n in parts]
@@ -135,16 +142,26 @@ def _objects(arrays: list) -> np.ndarray:
 
 
 def _tasks(batch: dict) -> list[Task]:
-    return [Task(str(p), str(r), str(o) or None, int(s), int(m))
-            for p, r, o, s, m in zip(*(batch[c] for c in PLAN_COLUMNS))]
+    return [Task(str(p), str(r), str(o) or None, int(s), int(m), str(e) or None)
+            for p, r, o, s, m, e in zip(*(batch[c] for c in PLAN_COLUMNS))]
+
+
+def _retried(since: int, n: int) -> np.ndarray:
+    """The S3 retries of this process since `since`, on the first of n rows (the driver sums the column)."""
+    out = np.zeros(n, np.int64)
+    if n:
+        out[0] = storage.retries() - since
+    return out
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # a failed row's image: every row of a column has the same ndim
 _NO_ALPHA = np.zeros((0, 0), np.uint8)
 
 
-def decode_stage(batch: dict, info: ModelInfo) -> dict:
+def decode_stage(batch: dict, info: ModelInfo, endpoint: str | None = None) -> dict:
     """Ray task: read + decode each planned file; a file that fails gets its error and an empty image."""
+    storage.configure(endpoint)
+    since = storage.retries()
     images, alphas, iccs, ws, hs, errors, seconds = [], [], [], [], [], [], []
     for t in _tasks(batch):
         d = decode_task(t, info)
@@ -158,7 +175,8 @@ def decode_stage(batch: dict, info: ModelInfo) -> dict:
         seconds.append(d.seconds if ok else d[1])
     return {**{c: batch[c] for c in PLAN_COLUMNS}, "image": _objects(images), "alpha": _objects(alphas),
             "icc": np.array(iccs, dtype=object), "in_w": np.array(ws), "in_h": np.array(hs),
-            "error": np.array(errors, dtype=object), "seconds": np.array(seconds, dtype=np.float64)}
+            "error": np.array(errors, dtype=object), "seconds": np.array(seconds, dtype=np.float64),
+            "s3_retries": _retried(since, len(errors))}
 
 
 def _icc(v) -> bytes | None:
@@ -193,10 +211,32 @@ class _Actor:
             ("provider", self.predictor.providers[0]))}
 
 
+def local_model(spec: WorkerSpec, graph: bytes | None) -> WorkerSpec:
+    """spec, its model_path naming a file on this node that holds the job's graph: the driver's own path when
+    this node sees that very file (sha256 checked), else a copy of the bytes the driver sent, so nodes need
+    no shared folder for the model store."""
+    import dataclasses
+    import hashlib
+    import tempfile
+
+    try:
+        if hashlib.sha256(Path(spec.model_path).read_bytes()).hexdigest() == spec.model_sha256:
+            return spec
+    except OSError:
+        pass
+    if graph is None:
+        raise JobConfigError(f"model {spec.model_path} is not on this node and the driver sent no copy")
+    f = Path(tempfile.gettempdir()) / "aeflow-models" / f"{spec.model_sha256}.onnx"
+    if not f.is_file():
+        storage.write_bytes(f, graph)
+    return dataclasses.replace(spec, model_path=str(f))
+
+
 class PredictStage(_Actor):
     """Ray Data actor of the split layout: predicts every decoded row."""
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, graph: bytes | None = None):
+        spec = local_model(spec, graph)
         super().__init__(spec, Predictor(spec.model_path, spec.device, spec.threads))
 
     def __call__(self, batch: dict) -> dict:
@@ -216,7 +256,7 @@ class PredictStage(_Actor):
                     errors[i] = f"{type(y).__name__}: {y}"
                 else:
                     outputs[i] = y
-        keep = {c: batch[c] for c in (*PLAN_COLUMNS, "alpha", "icc", "in_w", "in_h")}
+        keep = {c: batch[c] for c in (*PLAN_COLUMNS, "alpha", "icc", "in_w", "in_h", "s3_retries")}
         return {**keep, "output": _objects(outputs), "error": np.array(errors, dtype=object), "seconds": seconds,
                 **self.tags(len(decoded))}
 
@@ -229,19 +269,21 @@ class WorkerStage(_Actor):
     others for every task: that churn cost more CPU than the job's own decoding).
     """
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, graph: bytes | None = None):
+        spec = local_model(spec, graph)
         self.worker = BatchWorker(spec)
         super().__init__(spec, self.worker.predictor)
 
     def __call__(self, batch: dict) -> dict:
         """Manifest rows (JSON), vectors and a disk-full marker for the batch's Tasks."""
         tasks = _tasks(batch)
+        since = storage.retries()
         try:
             rows, fatal = self.worker.process(tasks), [""] * len(tasks)
         except OutputSpaceError as exc:
             rows = [task_row(self.spec, t, status="failed", error=str(exc)) for t in tasks]
             fatal = [FATAL_DISK] * len(tasks)
-        return {**_result(rows, fatal), **self.tags(len(rows))}
+        return {**_result(rows, fatal), **self.tags(len(rows)), "s3_retries": _retried(since, len(rows))}
 
 
 def _result(rows: list[dict], fatal: list[str]) -> dict:
@@ -259,6 +301,8 @@ def write_stage(batch: dict, spec: WorkerSpec, role: str) -> dict:
 
     A full disk marks the rows FATAL_DISK instead of raising, so the driver stops the job with its clear error.
     """
+    storage.configure(spec.s3_endpoint)
+    since = storage.retries()
     rows, fatal = [], []
     for d, y, err in zip(_decoded({**batch, "image": batch["output"]}), batch["output"], batch["error"]):
         try:
@@ -271,7 +315,8 @@ def write_stage(batch: dict, spec: WorkerSpec, role: str) -> dict:
         except OutputSpaceError as exc:
             row, fatal = task_row(spec, d.task, status="failed", error=str(exc)), [*fatal, FATAL_DISK]
         rows.append(row)
-    return {**_result(rows, fatal), **{c: batch[c] for c in ("node", "restarted", "device", "provider")}}
+    return {**_result(rows, fatal), **{c: batch[c] for c in ("node", "restarted", "device", "provider")},
+            "s3_retries": np.asarray(batch["s3_retries"], np.int64) + _retried(since, len(rows))}
 
 
 def batches_per_block(tasks: int, batch_size: int, actors: int) -> int:
@@ -337,7 +382,7 @@ class RayEngine:
     def __init__(self, spec: WorkerSpec, info: ModelInfo, workers: int | None, address: str | None):
         self.spec, self.info, self.workers, self.address = spec, info, workers, address
         self._facts: dict = {"startup_s": 0.0, "workers": 0, "threads_per_worker": 0, "restarted_workers": 0,
-                             "worker_nodes": []}
+                             "worker_nodes": [], "worker_s3_retries": 0}
         self._restarted: set[str] = set()
 
     def _pool(self, ray) -> tuple[int, dict]:
@@ -358,7 +403,7 @@ class RayEngine:
         import ray
 
         t0 = time.perf_counter()
-        plan_dir = Path(self.spec.out_dir) / PLAN_DIR
+        plan_dir = storage.join(self.spec.out_dir, PLAN_DIR)
         started = connect(self.address)
         marks = {"connected": time.perf_counter() - t0}
         try:
@@ -378,7 +423,10 @@ class RayEngine:
                     first = False
                 yield self._take(b)
         finally:
-            shutil.rmtree(plan_dir, ignore_errors=True)
+            try:
+                storage.delete_tree(plan_dir)
+            except OSError as exc:  # S3 unreachable at the very end: the next run replaces the plan anyway
+                log.warning("could not remove the plan %s: %s", plan_dir, exc)
             if started:
                 ray.shutdown()
 
@@ -407,13 +455,17 @@ class RayEngine:
         # in 5 of the two-node test; none in 10 like this)
         pool = dict(compute=rd.ActorPoolStrategy(min_size=n, max_size=n, max_tasks_in_flight_per_actor=1),
                     num_cpus=request["num_cpus"], **_actor_options(), **gpu)
-        plan = rd.read_datasource(plan_source(parts), num_cpus=TASK_CPUS, override_num_blocks=blocks)
+        plan = rd.read_datasource(plan_source(parts, self.spec.s3_endpoint), num_cpus=TASK_CPUS,
+                                  override_num_blocks=blocks)
         self._facts["layout"] = layout(self.spec.device)
+        # the graph travels with the actors (the object store), for nodes that do not see the driver's store
+        actor_args = {"spec": self.spec, "graph": Path(self.spec.model_path).read_bytes()}
         if self._facts["layout"] == "fused":
-            return plan.map_batches(WorkerStage, batch_size=size, fn_constructor_kwargs={"spec": self.spec}, **pool)
+            return plan.map_batches(WorkerStage, batch_size=size, fn_constructor_kwargs=actor_args, **pool)
         return (plan
-                .map_batches(decode_stage, batch_size=size, fn_kwargs={"info": info}, num_cpus=TASK_CPUS)
-                .map_batches(PredictStage, batch_size=size, fn_constructor_kwargs={"spec": self.spec}, **pool)
+                .map_batches(decode_stage, batch_size=size, fn_kwargs={"info": info, "endpoint": self.spec.s3_endpoint},
+                             num_cpus=TASK_CPUS)
+                .map_batches(PredictStage, batch_size=size, fn_constructor_kwargs=actor_args, **pool)
                 .map_batches(write_stage, batch_size=size, fn_kwargs={"spec": self.spec, "role": info.role},
                              num_cpus=TASK_CPUS))
 
@@ -430,6 +482,7 @@ class RayEngine:
                 r["vector"] = np.asarray(vector, dtype=np.float32)
             rows.append(r)
         f = self._facts
+        f["worker_s3_retries"] = f.get("worker_s3_retries", 0) + int(np.sum(b["s3_retries"]))
         self._restarted.update(str(a) for a in b["restarted"] if a)
         f["restarted_workers"] = len(self._restarted)
         f["worker_nodes"] = sorted({*f["worker_nodes"], *map(str, b["node"])})

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from aeflow import storage
 from aeflow.files import write_json
 from pipeline.embeddings import (
+    EMBEDDINGS_DIR,
     EmbeddingsError,
     concat_embeddings,
     iter_latest_parts,
@@ -163,7 +165,13 @@ def build_index(out_dir, kind: str = "auto", metric: str = "auto", *, rebuild: b
     kind: "flat" (exact), "ivf" (IndexIVFFlat, trained on a sample) or "auto" (flat below ivf_threshold rows).
     metric: "ip" (cosine: vectors are L2-normalised), "l2", or "auto" (ip when every stored norm is ~1).
     Refuses embeddings of another model than the index's (IndexMismatchError) unless rebuild=True.
+    An s3:// OUT_DIR is built in a local mirror (storage.mirrored) and its index/ uploaded back.
     """
+    with storage.mirrored(out_dir, pull=(EMBEDDINGS_DIR, INDEX_DIR), push=(INDEX_DIR,)) as out:
+        return _build_index(out, kind, metric, rebuild, ivf_threshold, nlist, nprobe, progress)
+
+
+def _build_index(out_dir, kind, metric, rebuild, ivf_threshold, nlist, nprobe, progress) -> dict:
     if kind not in KINDS:
         raise EmbeddingsError(f"kind must be one of {KINDS}, not {kind!r}")
     if metric not in METRICS:

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from aeflow import storage
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_RUNNER, JOB_ROLES, PRECISIONS, RUNNERS
-from pipeline.manifest import ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
+from pipeline.manifest import MANIFEST_DIR, ManifestWriter, RunLock, iter_rows, load_state, new_run_id, write_summary
 from pipeline.predictor import DEVICES, JobConfigError, ModelInfo, resolve_device
 from pipeline.reader import PlanSettings, Task, plan
 from pipeline.writer import FULL_DISK, OUTPUT_FORMATS, OutputSpaceError
@@ -46,6 +47,7 @@ class JobConfig:
     tile: int = 512  # tile core size in input pixels for image2image models
     precision: str = "auto"  # auto | fp32 | int8 | fp16 (pipeline.defaults.PRECISIONS)
     progress: bool = True
+    s3_endpoint: str | None = None  # an S3-compatible store's URL; None: $AWS_ENDPOINT_URL(_S3) or AWS itself
 
     def __post_init__(self):
         if self.batch_size is None:  # an unknown job keeps None; _check refuses the job itself
@@ -57,7 +59,7 @@ def exit_code(summary: dict) -> int:
     return 3 if summary["counts"].get("failed", 0) else 0
 
 
-def _check(cfg: JobConfig) -> tuple[Path, Path, Path | None]:
+def _check(cfg: JobConfig) -> tuple:
     if cfg.job not in JOB_ROLES:
         raise JobConfigError(f"unknown job {cfg.job!r}; choose from {', '.join(JOB_ROLES)}")
     for name, value, choices in (("runner", cfg.runner, RUNNERS), ("format", cfg.format, OUTPUT_FORMATS),
@@ -66,17 +68,30 @@ def _check(cfg: JobConfig) -> tuple[Path, Path, Path | None]:
             raise JobConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
     if cfg.batch_size < 1 or cfg.tile < 1 or (cfg.workers is not None and cfg.workers < 1):
         raise JobConfigError("batch size, tile and workers must be >= 1")
-    in_dir = Path(cfg.in_dir).expanduser()
-    if not in_dir.is_dir():
+    storage.configure(cfg.s3_endpoint)
+    in_dir, out_dir = storage.normalize(str(cfg.in_dir)), storage.normalize(str(cfg.out_dir))
+    if storage.is_remote(in_dir):
+        storage.check_access(in_dir, write=False)
+    elif not in_dir.is_dir():
         raise JobConfigError(f"input folder {in_dir} does not exist or is not a folder")
-    in_dir, out_dir = in_dir.resolve(), Path(cfg.out_dir).expanduser().resolve()
+    if storage.is_remote(out_dir):
+        storage.check_access(out_dir, write=True)
     if in_dir == out_dir:
         raise JobConfigError("OUT_DIR must differ from IN_DIR (inputs are never modified)")
-    if out_dir in in_dir.parents:
+    if _inside(in_dir, out_dir):
         raise JobConfigError(f"IN_DIR {in_dir} is inside OUT_DIR {out_dir}: outputs could land on inputs")
     # OUT_DIR inside IN_DIR is allowed: its tree is left out of the listing
-    exclude = out_dir if in_dir in out_dir.parents else None
+    exclude = out_dir if _inside(out_dir, in_dir) else None
     return in_dir, out_dir, exclude
+
+
+def _inside(a, b) -> bool:
+    """True when a lies strictly inside b (both local paths, or both URLs)."""
+    if storage.is_remote(a) != storage.is_remote(b):
+        return False
+    if storage.is_remote(a):
+        return str(a).startswith(str(b) + "/")
+    return b in a.parents
 
 
 def _load_model(cfg: JobConfig, device: str):
@@ -115,12 +130,19 @@ def run_job(cfg: JobConfig) -> dict:
     in_dir, out_dir, exclude = _check(cfg)
     device = resolve_device(cfg.device)
     ref, model_path, sha, info, precision = _load_model(cfg, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     run = new_run_id()
     spec = WorkerSpec(job=cfg.job, model_path=str(model_path), model_name=ref.name, model_version=ref.version,
                       model_sha256=sha, out_dir=str(out_dir), device=device, threads=os.cpu_count() or 1,
-                      tile=cfg.tile, batch_size=cfg.batch_size, run=run)
-    with RunLock(out_dir):
+                      tile=cfg.tile, batch_size=cfg.batch_size, run=run, s3_endpoint=storage.endpoint())
+    retries0 = storage.retries()
+    with RunLock(out_dir, run):
+        if storage.is_remote(out_dir):
+            # this job's own uploads are single PUTs; these are other tools' (or a killed process's) leftovers
+            aborted = storage.abort_uploads(out_dir)
+            if aborted:
+                log.warning("aborted %d unfinished multipart uploads under %s", aborted, out_dir)
         if cfg.job == "embed":
             _prepare_embeddings(out_dir, cfg.overwrite)
         state = load_state(out_dir)
@@ -150,6 +172,8 @@ def run_job(cfg: JobConfig) -> dict:
                     _raise_if_full(exc, out_dir)
                     raise
         facts = {**engine.facts(), "engine": engine.name, "precision": precision}
+        # S3 requests retried (throttling, 5xx, dropped connections): the driver's and every worker's
+        facts["s3_retries"] = storage.retries() - retries0 + facts.pop("worker_s3_retries", 0)
         summary = _summary(cfg, run, in_dir, out_dir, ref, sha, info, sink, manifest, time.perf_counter() - t0,
                            facts)
         write_summary(out_dir, summary)
@@ -176,7 +200,7 @@ def _summary(cfg: JobConfig, run: str, in_dir: Path, out_dir: Path, ref, sha: st
         # throughput once the workers are up (Ray start-up and model loading excluded)
         "images_per_s_running": round(ok / max(1e-9, wall - engine["startup_s"]), 2),
         "nodes": dict(sink.nodes), "failures_sample": sink.failures,
-        "manifest": str(manifest.path.relative_to(out_dir)),
+        "manifest": manifest.rel,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         **engine,
     }
@@ -200,21 +224,23 @@ def _batches(items, size: int, sink: "_Sink") -> Iterator[list[Task]]:
         yield batch
 
 
-def _prepare_embeddings(out_dir: Path, overwrite: bool) -> None:
+def _prepare_embeddings(out_dir, overwrite: bool) -> None:
     """Embed resume: drop parts no manifest row points at (written by a killed run before its rows)."""
-    parts = sorted((out_dir / "embeddings").glob("part-*.parquet"))
+    from pipeline.embeddings import list_parts
+
+    parts = list_parts(out_dir)
     if overwrite:
         # embed --overwrite starts the embeddings afresh; old rows would point at reused part names
         for p in parts:
-            p.unlink()
-        for m in (out_dir / "_aeflow" / "manifest").glob("*.jsonl"):
-            m.unlink()
+            storage.delete(p)
+        for m in storage.iter_files(out_dir, MANIFEST_DIR):
+            storage.delete(m.path)
         return
     referenced = {r.get("part") for r in iter_rows(out_dir)}
     for p in parts:
-        if p.name not in referenced:
+        if str(p).rsplit("/", 1)[-1] not in referenced:
             log.warning("removing %s: written by an interrupted run before its manifest rows; redone now", p)
-            p.unlink()
+            storage.delete(p)
 
 
 class _Sink:
@@ -272,7 +298,7 @@ class _Sink:
         w = EmbeddingWriter(self.out_dir, vectors.shape[1], self.model_id, rows_per_part=max(4096, len(rows)))
         w.add([r["path"] for r in rows], vectors, [r["in_w"] for r in rows], [r["in_h"] for r in rows])
         w.close()  # durable (fsync + atomic publish) before any of its rows is recorded
-        part = w.written[-1].name if w.written else None
+        part = str(w.written[-1]).rsplit("/", 1)[-1] if w.written else None
         for r in rows:
             r["part"] = part
         self._record(rows)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.embeddings import EmbeddingsError, read_embeddings, vectors_of
+from aeflow import storage
+from pipeline.embeddings import EMBEDDINGS_DIR, EmbeddingsError, read_embeddings, vectors_of
 from pipeline.index import INDEX_DIR, IndexMismatchError, load_meta, open_files, prepare_vectors
 
 
@@ -25,7 +26,7 @@ def open_committed(out: Path):
 
 
 def open_index(out_dir):
-    """(meta, faiss index, ids table) of OUT_DIR's committed index, for callers that query it in bulk (dedup)."""
+    """(meta, faiss index, ids table) of OUT_DIR's committed index (a local folder or a mirror), for dedup."""
     return open_committed(Path(out_dir))
 
 
@@ -40,7 +41,11 @@ def search(out_dir, *, image: Path | None = None, path: str | None = None, k: in
         raise EmbeddingsError("search needs exactly one query: an image file or the stored path of an embedded image")
     if int(k) < 1:
         raise EmbeddingsError(f"k must be >= 1, not {k}")
-    out = Path(out_dir)
+    with storage.mirrored(out_dir, pull=(EMBEDDINGS_DIR, INDEX_DIR)) as out:  # s3://: a local mirror
+        return _search(out, image, path, k, model, store)
+
+
+def _search(out: Path, image, path, k, model, store) -> list[dict]:
     meta, index, ids_tab = open_committed(out)
     q = _stored_vector(out, path, meta) if path is not None else _query_vector(Path(image), meta, model, store)
     if q.shape != (meta["dim"],):

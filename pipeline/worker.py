@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +26,8 @@ class WorkerSpec:
     model_name: str
     model_version: int
     model_sha256: str
-    out_dir: str  # resolved
+    out_dir: str  # resolved path or s3:// URL
+    s3_endpoint: str | None = None  # the driver's S3 endpoint, for workers on other nodes
     device: str = "cpu"  # resolved: cpu | cuda
     threads: int = 1
     tile: int = 512
@@ -78,7 +78,7 @@ def predict(predictor: Predictor, images: list[np.ndarray], spec: WorkerSpec) ->
 
 def task_row(spec: WorkerSpec, t: Task, **fields) -> dict:
     """A manifest row for task t of this job."""
-    return make_row(path=t.rel, output=t.out, in_bytes=t.size, mtime_ns=t.mtime_ns, job=spec.job,
+    return make_row(path=t.rel, output=t.out, in_bytes=t.size, mtime_ns=t.mtime_ns, etag=t.etag, job=spec.job,
                     model=spec.model_name, model_version=spec.model_version, model_sha256=spec.model_sha256,
                     run=spec.run, **fields)
 
@@ -97,7 +97,7 @@ def finish(spec: WorkerSpec, role: str, d: _Decoded, out: np.ndarray | Exception
             row = task_row(spec, d.task, status="ok", seconds=d.seconds + share, **size)
             row["vector"] = out
             return row
-        nbytes = write_image(Path(spec.out_dir), d.task.out, out, d.icc, d.alpha)
+        nbytes = write_image(spec.out_dir, d.task.out, out, d.icc, d.alpha)
     except OutputSpaceError:
         raise  # the disk is full: every later write would fail too, so the job stops
     except Exception as exc:  # noqa: BLE001
@@ -114,7 +114,10 @@ class BatchWorker:
     """
 
     def __init__(self, spec: WorkerSpec):
+        from aeflow import storage
+
         self.spec = spec
+        storage.configure(spec.s3_endpoint)
         self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
         self.info = self.predictor.info
         # A worker with several cores decodes a batch's files in parallel (Pillow's decoders release the GIL):

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from aeflow import storage
 from aeflow.errors import UsageError
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp")
@@ -38,17 +39,23 @@ def output_rel(rel: str, fmt: str) -> str:
     return str(PurePosixPath(rel).with_suffix("." + fmt))
 
 
+def plain_rel(rel: str) -> PurePosixPath:
+    """rel as a path, refusing absolute paths, '..', empty parts and aeflow's reserved folders."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
+        raise OutputPathError(f"refusing output path {rel!r}: not a plain relative path")
+    if p.parts[0] in RESERVED:
+        raise OutputPathError(f"refusing output path {rel!r}: {p.parts[0]}/ is reserved for aeflow's own files")
+    return p
+
+
 def confined_path(out_root: Path, rel: str) -> Path:
     """OUT_DIR/rel, refusing absolute paths, '..', aeflow's reserved folders, and symlinks leading outside.
 
     out_root must already be resolved. Parent folders are created; the resolved parent must still be
     inside out_root (a symlinked folder inside OUT_DIR cannot redirect a write elsewhere).
     """
-    p = PurePosixPath(rel)
-    if not rel or p.is_absolute() or any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
-        raise OutputPathError(f"refusing output path {rel!r}: not a plain relative path")
-    if p.parts[0] in RESERVED:
-        raise OutputPathError(f"refusing output path {rel!r}: {p.parts[0]}/ is reserved for aeflow's own files")
+    p = plain_rel(rel)
     target = out_root.joinpath(*p.parts)
     target.parent.mkdir(parents=True, exist_ok=True)
     parent = target.parent.resolve()
@@ -108,13 +115,21 @@ def with_alpha(image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([image, alpha[..., None]], axis=2))
 
 
-def write_image(out_root: Path, rel: str, image: np.ndarray, icc_profile: bytes | None = None,
+def write_image(out_root, rel: str, image: np.ndarray, icc_profile: bytes | None = None,
                 alpha: np.ndarray | None = None) -> int:
     """Encode and atomically write image to OUT_DIR/rel (confined); returns the bytes written.
 
     alpha (HxW uint8, the input's) is kept where the format can hold it. A full disk raises OutputSpaceError
-    (the temp file is removed: no partial file is ever visible).
+    (the temp file is removed: no partial file is ever visible). An s3:// OUT_DIR gets the object in one PUT.
     """
+    if storage.is_remote(out_root):
+        p = plain_rel(rel)
+        if alpha is not None and p.suffix.lower() in ALPHA_SUFFIXES:
+            image = with_alpha(image, alpha)
+        data = encode_image(image, p.suffix, icc_profile)
+        storage.write_bytes(storage.join(out_root, rel), data)
+        return len(data)
+    out_root = Path(out_root)
     try:
         path = confined_path(out_root, rel)
         if alpha is not None and path.suffix.lower() in ALPHA_SUFFIXES:

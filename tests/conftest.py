@@ -92,3 +92,81 @@ def photo_dir(tmp_path):
     Image.fromarray(make_photo(50, 30, 5)).convert("P").save(d / "sub" / "palette.gif")
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     return d
+
+
+# Credentials the S3 tests run with: distinctive, so a test can show they never reach a manifest, log or summary.
+S3_KEY_ID, S3_SECRET = "AKIAAEFLOWTESTKEY01", "aeflow-test-secret-never-written-4f9c"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The session's one S3 server: moto's standalone server (a real HTTP S3 API) behind a stoppable proxy."""
+    from tests.s3_server import S3Server
+
+    srv = S3Server(str(tmp_path_factory.mktemp("s3") / "moto.log")).start()
+    yield srv
+    srv.stop()
+
+
+class S3Buckets:
+    """Fresh buckets on the session's S3 server, and helpers that read and fill them past aeflow's code."""
+
+    def __init__(self, server, name: str):
+        import boto3
+
+        self.server, self.endpoint = server, server.endpoint
+        self.client = boto3.client("s3", endpoint_url=server.direct, region_name="us-east-1",
+                                   aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET)
+        self.inp, self.out = f"{name}-in", f"{name}-out"
+        for b in (self.inp, self.out):
+            self.client.create_bucket(Bucket=b)
+
+    def upload(self, folder: Path, url: str) -> int:
+        """Every file under folder, to url/<relative path>; how many."""
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        n = 0
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                key = "/".join(x for x in (prefix.strip("/"), p.relative_to(folder).as_posix()) if x)
+                self.client.put_object(Bucket=bucket, Key=key, Body=p.read_bytes())
+                n += 1
+        return n
+
+    def keys(self, url: str) -> dict[str, int]:
+        """{key relative to url: size} of every object under url."""
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out.update({o["Key"][len(prefix):]: o["Size"] for o in page.get("Contents", ())})
+        return out
+
+    def get(self, url: str) -> bytes:
+        bucket, _, key = url[len("s3://"):].partition("/")
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def env(self) -> dict:
+        """A subprocess environment that reaches this server with the test credentials."""
+        return {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint}
+
+
+@pytest.fixture
+def s3(s3_server, request, monkeypatch):
+    """Two fresh buckets (`.inp`, `.out`) on the session's S3 server; this process's AWS settings point at it."""
+    import re
+
+    from aeflow import storage
+
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[-40:].strip("-") + f"-{os.getpid() % 1000}"
+    for k, v in (("AWS_ACCESS_KEY_ID", S3_KEY_ID), ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+                 ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_server.endpoint)):
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AEFLOW_CACHE", str(Path(tempfile.mkdtemp(prefix="aeflow-s3-cache-"))))
+    storage.configure(None)
+    storage._state.__dict__.clear()  # a client made for another endpoint in an earlier test
+    yield S3Buckets(s3_server, name)
+    s3_server.deny = False
+    if s3_server._listener is None:
+        s3_server.up()
+    storage._state.__dict__.clear()

@@ -14,10 +14,11 @@ import sys
 
 from aeflow.cli import api, flows, jobs, models
 from aeflow.errors import UsageError
+from aeflow.storage import StorageError
 
 COMMAND_MODULES = (models, jobs, flows, api)
 
-EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, NotADirectoryError) as exc:  # every store, data, config error
         print(f"aeflow: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:  # S3 still failing after its retries: nothing half-written, a rerun resumes
+        print(f"aeflow: error: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("aeflow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from aeflow.cli._args import positive_int
+from aeflow.cli._args import add_s3_endpoint, location, positive_int
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODELS, DEFAULT_RUNNER, PRECISIONS, RUNNERS
 
 _JOB_HELP = {
@@ -20,8 +20,8 @@ def add_commands(sub) -> None:
     for job, help_ in _JOB_HELP.items():
         p = sub.add_parser(job, help=help_, description=help_ + ". Rerunning resumes: inputs done before with "
                            "the same model and unchanged are skipped. Exit 0: all ok, 3: some files failed, 2: usage.")
-        p.add_argument("in_dir", metavar="IN_DIR", type=Path)
-        p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+        p.add_argument("in_dir", metavar="IN_DIR", type=location, help="a folder or an s3://BUCKET/PREFIX URL")
+        p.add_argument("out_dir", metavar="OUT_DIR", type=location, help="a folder or an s3://BUCKET/PREFIX URL")
         p.add_argument("--model", default=DEFAULT_MODELS[job],
                        help="store spec NAME, NAME:VERSION, NAME:ALIAS or a path (default %(default)s)")
         p.add_argument("--store", type=Path, default=None,
@@ -48,14 +48,17 @@ def add_commands(sub) -> None:
                            help="output format (default: same as the input)")
         p.add_argument("--overwrite", action="store_true", help="redo every input, even those done before")
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        add_s3_endpoint(p)
         p.set_defaults(func=_cmd_job, job=job)
 
     p = sub.add_parser("index", help="build or update the ANN index of OUT_DIR/embeddings")
-    p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    p.add_argument("out_dir", metavar="OUT_DIR", type=location)
+    add_s3_endpoint(p)
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("search", help="nearest embedded images to an image file or a stored path")
-    p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    p.add_argument("out_dir", metavar="OUT_DIR", type=location)
+    add_s3_endpoint(p)
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", type=Path, help="an image file to embed and search with")
     q.add_argument("--path", help="the relative path of an already embedded image")
@@ -70,12 +73,13 @@ def add_commands(sub) -> None:
                                    "whose cosine similarity reaches --threshold, and files with the same content "
                                    "hash, into groups; writes OUT_DIR/dedup/groups.parquet, groups.csv and "
                                    "index.html (a page to review them). Run `aeflow index OUT_DIR` first.")
-    p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    p.add_argument("out_dir", metavar="OUT_DIR", type=location)
+    add_s3_endpoint(p)
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity that makes a pair near duplicates (default: the model card's "
                         "calibrated value, else 0.9)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours looked at per image (default 10)")
-    p.add_argument("--in-dir", type=Path, default=None,
+    p.add_argument("--in-dir", type=location, default=None,
                    help="the embedded folder, for content hashes and thumbnails (default: the embed job's)")
     p.add_argument("--store", type=Path, default=None, help="model store holding the embed job's model")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -90,14 +94,14 @@ def _cmd_job(args) -> int:
     cfg = JobConfig(job=args.job, in_dir=args.in_dir, out_dir=args.out_dir, model=args.model, store=args.store,
                     device=args.device, address=args.address, batch_size=args.batch_size, workers=args.workers,
                     format=getattr(args, "format", "same"), overwrite=args.overwrite, runner=args.runner,
-                    tile=args.tile, progress=args.progress, precision=args.precision)
+                    tile=args.tile, progress=args.progress, precision=args.precision, s3_endpoint=args.s3_endpoint)
     s = run_job(cfg)
     c = s["counts"]
     print(f"{args.job}: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed of {c['total']} "
           f"in {s['wall_s']}s ({s['images_per_s_running']} img/s after {s['startup_s']}s start-up) "
           f"on {s['device']} [{', '.join(s['providers'])}], model {s['model']['name']}:{s['model']['version']} "
           f"({s['precision']}); "
-          f"manifest {Path(s['out_dir']) / s['manifest']}")
+          f"manifest {s['out_dir']}/{s['manifest']}")
     if c["failed"]:
         for f in s["failures_sample"]:
             print(f"  failed: {f['path']}: {f['error']}", file=sys.stderr)
@@ -108,6 +112,9 @@ def _cmd_job(args) -> int:
 
 
 def _cmd_index(args) -> int:
+    from aeflow import storage
+
+    storage.configure(args.s3_endpoint)
     from pipeline.index import build_index
 
     meta = build_index(args.out_dir)  # an EmbeddingsError is a UsageError: exit code 2
@@ -117,6 +124,9 @@ def _cmd_index(args) -> int:
 
 
 def _cmd_search(args) -> int:
+    from aeflow import storage
+
+    storage.configure(args.s3_endpoint)
     from pipeline.search import search
 
     results = search(args.out_dir, image=args.image, path=args.path, k=args.k, model=args.model, store=args.store)
@@ -129,6 +139,9 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_dedup(args) -> int:
+    from aeflow import storage
+
+    storage.configure(args.s3_endpoint)
     from pipeline.dedup import find_groups
 
     s = find_groups(args.out_dir, threshold=args.threshold, k=args.k, in_dir=args.in_dir, progress=args.progress,
@@ -137,5 +150,6 @@ def _cmd_dedup(args) -> int:
     print(f"dedup: {s['groups']} groups hold {s['images_in_groups']} of {s['images']} images "
           f"({s['exact_duplicates']} exact copies); {mb:.1f} MB could be freed keeping one per group; "
           f"threshold {s['threshold']:.3f}, k {s['k']}")
-    print(f"review: {s.get('page')}  (groups.csv and groups.parquet beside it)")
+    print(f"review: {s.get('page')}  (groups.csv and groups.parquet beside it)"
+          + (f"; a local copy: {s['page_local']}" if s.get("page_local") else ""))
     return 0

@@ -17,7 +17,7 @@ def test_listing_is_a_stream_and_excludes_out_dir(tmp_path):
     save(src / "out" / "a.png", photo(8, 8))
     it = iter_listing(src, exclude=src / "out")
     assert isinstance(it, types.GeneratorType)
-    assert [(p.name, problem) for p, _, problem in it] == [("a.png", None)]
+    assert [(rel, problem) for _, rel, problem in it] == [("a.png", None)]
 
 
 def test_plan_skips_done_redoes_changed_and_flags_collisions(tmp_path):
