@@ -156,11 +156,14 @@ def _transient(exc) -> bool:
 
 def _call(op: str, **kw):
     """client.op(**kw), retried with backoff on transient errors; a final failure is a StorageError."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     for attempt in range(MAX_ATTEMPTS):
         try:
             return getattr(_client(), op)(**kw)
+        except NoCredentialsError:
+            raise StorageAccessError("no AWS credentials on this machine (or Ray node): set AWS_ACCESS_KEY_ID and "
+                                     "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials or an instance role") from None
         except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
             if not _transient(exc) or attempt == MAX_ATTEMPTS - 1:
                 code, status = _code(exc)

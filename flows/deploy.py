@@ -25,6 +25,7 @@ class ServeSettings:
     retrain_interval: float | None = None
     runner: str = "auto"                  # pipeline.defaults.DEFAULT_RUNNER
     address: str | None = None
+    s3_endpoint: str | None = None        # when the folders are s3:// URLs of an S3-compatible store
     device: str = "auto"
     timezone: str = "UTC"
     on_overlap: str = "enqueue"           # what a run that would overlap the running one does
@@ -57,7 +58,7 @@ def build_deployments(s: ServeSettings) -> list:
     common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["aeflow"],
                   concurrency_limit=ConcurrencyLimitConfig(
                       limit=1, collision_strategy=ConcurrencyLimitStrategy[OVERLAP[s.on_overlap]]))
-    jobs = dict(store=s.store, runner=s.runner, address=s.address, device=s.device)
+    jobs = dict(store=s.store, runner=s.runner, address=s.address, device=s.device, s3_endpoint=s.s3_endpoint)
     out = []
     if s.embed_dir:
         out.append(embed_flow.to_deployment(

@@ -72,7 +72,10 @@ def dedup_markdown(out_dir: str, summary: dict) -> str:
              f"{summary['groups']} groups hold {summary['images_in_groups']} of {summary['images']} images "
              f"({summary['exact_duplicates']} exact copies); {summary['bytes_freeable'] / 1e6:.1f} MB could be freed "
              f"keeping one image per group (threshold {summary['threshold']:.3f}, k {summary['k']}).", ""]
-    if page:
+    if summary.get("page_local"):  # an s3:// OUT_DIR: the uploaded page, and the copy this machine can open
+        lines.append(f"Review them side by side: `{page}` (a local copy: "
+                     f"[{summary['page_local']}]({Path(summary['page_local']).resolve().as_uri()}))")
+    elif page:
         lines.append(f"Review them side by side: [{page}]({Path(page).resolve().as_uri()})")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from aeflow.cli._args import add_s3_endpoint
 from pipeline.defaults import DEFAULT_MODELS, DEFAULT_RUNNER, RUNNERS
 
 
@@ -46,6 +47,7 @@ def add_commands(sub) -> None:
     s.add_argument("--runner", choices=RUNNERS, default=DEFAULT_RUNNER,
                    help="batch job runner (default %(default)s: in-process when shorter than starting Ray)")
     s.add_argument("--address", help="Ray cluster address for the batch jobs (e.g. ray-head:6379)")
+    add_s3_endpoint(s)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--timezone", default="UTC", help="time zone of the cron schedules")
     s.add_argument("--on-overlap", choices=("enqueue", "cancel-new"), default="enqueue",
@@ -92,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "--port 4200` and pass --api-url http://127.0.0.1:4200/api (or export PREFECT_API_URL)")
     if bool(args.embed_dir) != bool(args.embed_out):
         raise UsageError("--nightly-embed-dir and --embed-out go together")
-    if args.embed_dir and not os.path.isdir(args.embed_dir):
+    if args.embed_dir and not args.embed_dir.startswith("s3://") and not os.path.isdir(args.embed_dir):
         raise UsageError(f"--nightly-embed-dir {args.embed_dir}: not a folder")
     for name in ("embed_interval", "retrain_interval"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -101,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deploy import ServeSettings, serve
     from models.train import TrainSettings
 
-    abspath = lambda p: os.path.abspath(p) if p else None  # noqa: E731 - runs start in other folders
+    # runs start in other folders; an s3:// URL is kept as it is
+    abspath = lambda p: (p if p.startswith("s3://") else os.path.abspath(p)) if p else None  # noqa: E731
     retrain = None if args.retrain_kind == "none" else TrainSettings(
         kind=args.retrain_kind, data=args.retrain_data, epochs=args.retrain_epochs,
         steps_per_epoch=args.retrain_steps, size=args.retrain_size, device=args.device)
@@ -109,6 +112,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store=abspath(args.store), embed_dir=abspath(args.embed_dir), embed_out=abspath(args.embed_out),
         embed_model=args.embed_model, embed_cron=args.cron, embed_interval=args.embed_interval,
         retrain=retrain, retrain_cron=args.retrain_cron, retrain_interval=args.retrain_interval,
-        runner=args.runner, address=args.address,
+        runner=args.runner, address=args.address, s3_endpoint=args.s3_endpoint,
         device=args.device, timezone=args.timezone, on_overlap=args.on_overlap, on_demand=args.on_demand))
     return 0

@@ -74,3 +74,40 @@ def test_the_batch_flows_parameters_are_the_jobs_settings():
         cfg = _job_config(fl.name, {name: p.default for name, p in params.items()} | {"in_dir": "i", "out_dir": "o",
                                                                                    "precision": "fp32"})
         assert cfg.job == fl.name and cfg.precision == "fp32" and cfg.model == params["model"].default
+
+
+def test_embed_flow_on_s3_urls(prefect_api, flow_run_artifacts, s3, tmp_path):
+    """The same flow with s3:// folders: embeddings, index and the review page land in the bucket."""
+    import numpy as np
+    from PIL import Image
+
+    from flows.batch import embed_flow
+    from tests.conftest import S3_KEY_ID, S3_SECRET
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(src / f"{i}.png")
+    s3.upload(src, f"s3://{s3.inp}/p")
+    s3.client.copy_object(Bucket=s3.inp, Key="p/0-copy.png", CopySource={"Bucket": s3.inp, "Key": "p/0.png"})
+    out = f"s3://{s3.out}/emb"
+    state = embed_flow(f"s3://{s3.inp}/p", out, store=str(tmp_path / "empty-store"), runner="local", dedup=True,
+                       s3_endpoint=s3.endpoint, return_state=True)
+    result = state.result()
+    assert result["job"]["counts"]["ok"] == 5 and result["dedup"]["exact_duplicates"] == 1
+    keys = s3.keys(out)
+    assert {"index/index.json", "dedup/index.html", "dedup/groups.parquet"} <= set(keys)
+    md = "\n".join(a["data"] for a in flow_run_artifacts(state.state_details.flow_run_id) if a["type"] == "markdown")
+    assert f"{out}/dedup/index.html" in md
+    assert S3_SECRET not in md and S3_KEY_ID not in md
+
+
+def test_schedules_take_s3_urls():
+    from flows.deploy import ServeSettings, build_deployments
+
+    deps = build_deployments(ServeSettings(embed_dir="s3://photos/2026", embed_out="s3://photos-emb/2026",
+                                           s3_endpoint="http://127.0.0.1:9000", retrain=None, on_demand=False))
+    (nightly,) = deps
+    assert nightly.parameters["in_dir"] == "s3://photos/2026" and nightly.parameters["out_dir"] == "s3://photos-emb/2026"
+    assert nightly.parameters["s3_endpoint"] == "http://127.0.0.1:9000"

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 import pytest
-from pipeline_models import photo, save
 from PIL import Image
+from pipeline_models import photo, save
 
 from aeflow.cli import main
 from tests.conftest import S3_KEY_ID, S3_SECRET

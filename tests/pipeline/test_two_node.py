@@ -39,3 +39,57 @@ def test_job_on_two_nodes(two_node_cluster, store, tmp_path):
     assert len(s["worker_nodes"]) == 2 and s["ray_address"].endswith(address.split(":")[1])
     assert len(s["nodes"]) == 2 and all(n > 0 for n in s["nodes"].values()), s["nodes"]
     assert {r["node"] for r in load_state(out).values() if r["status"] == "ok"} == set(s["nodes"])
+
+
+@pytest.fixture
+def two_node_s3_cluster(s3, tmp_path):
+    """The same two nodes, each with the AWS settings a node of an S3-backed cluster has (its own credentials)."""
+    from bench._cluster import local_cluster
+
+    env = {**_torchless_env(tmp_path), **{k: v for k, v in s3.env().items() if k.startswith("AWS_")}}
+    with local_cluster(2, tmp_path, env=env, own_temp_dirs=True) as (address, env):
+        yield address, env
+
+
+def test_job_on_two_nodes_reads_and_writes_s3(two_node_s3_cluster, s3, store, tmp_path):
+    """No folder is shared: inputs, outputs, manifest and the plan live in S3, the model travels with the actors."""
+    address, env = two_node_s3_cluster
+    src = tmp_path / "in"
+    for i in range(120):
+        save(src / f"{i:03d}.jpg", photo(96, 96, i), quality=90)
+    (src / "bad.jpg").write_bytes(b"nope")
+    s3.upload(src, f"s3://{s3.inp}/p")
+    out = f"s3://{s3.out}/o"
+    elsewhere = tmp_path / "driver-cwd"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-m", "aeflow.cli", "denoise", f"s3://{s3.inp}/p", out, "--address", address,
+                        "--store", str(store), "--model", "denoise-cnn", "--workers", "2", "--batch-size", "2",
+                        "--no-progress"],
+                       env=env, cwd=elsewhere,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr[-3000:]
+    s = json.loads(s3.get(f"{out}/_aeflow/summary.json"))
+    assert s["counts"]["ok"] == 120 and s["counts"]["failed"] == 1
+    assert len(s["worker_nodes"]) == 2 and len(s["nodes"]) == 2, s["nodes"]
+    keys = s3.keys(out)
+    assert sum(1 for k in keys if k.endswith(".jpg")) == 120
+    assert not any(k.startswith("_aeflow/plan/") for k in keys)  # the plan was in S3 and is removed
+    assert list(elsewhere.iterdir()) == []  # nothing was written beside the driver
+
+
+def test_a_node_without_the_store_gets_the_model_from_the_driver(tmp_path):
+    import hashlib
+
+    from pipeline.engine_ray import local_model
+    from pipeline.worker import WorkerSpec
+
+    graph = b"an onnx graph's bytes"
+    sha = hashlib.sha256(graph).hexdigest()
+    spec = WorkerSpec(job="denoise", model_path=str(tmp_path / "not-on-this-node.onnx"), model_name="m",
+                      model_version=1, model_sha256=sha, out_dir="s3://b/o")
+    copy = local_model(spec, graph)
+    assert copy.model_path != spec.model_path and open(copy.model_path, "rb").read() == graph
+    here = tmp_path / "here.onnx"
+    here.write_bytes(graph)
+    spec.model_path = str(here)
+    assert local_model(spec, None).model_path == str(here)  # the driver's own file, when this node sees it
