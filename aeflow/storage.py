@@ -336,6 +336,23 @@ def check_access(url: str, write: bool) -> None:
         raise StorageAccessError(f"cannot reach {url}: {exc}") from None
 
 
+def create_bucket(name: str) -> bool:
+    """Create the bucket unless it exists; True when it was created."""
+    try:
+        _call("head_bucket", Bucket=name)
+        return False
+    except StorageError as exc:
+        if exc.code not in MISSING_BUCKET_CODES:
+            raise
+    try:
+        _call("create_bucket", Bucket=name)
+    except StorageError as exc:
+        if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+        return False
+    return True
+
+
 def abort_uploads(url: str) -> int:
     """Abort the unfinished multipart uploads under url (other tools' or a killed process's); how many."""
     bucket, key = split(url)

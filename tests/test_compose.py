@@ -12,7 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = {"postgres", "prefect-server", "ray-head", "ray-worker", "aeflow-serve", "aeflow-api"}
+SERVICES = {"postgres", "prefect-server", "ray-head", "ray-worker", "aeflow-serve", "aeflow-api", "minio"}
+AEFLOW_SERVICES = ("ray-head", "ray-worker", "aeflow-serve", "aeflow-api", "minio-buckets")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,21 @@ def test_shared_volumes_for_data_and_store(compose):
         assert "data:/data" in svc[name]["volumes"], name
         assert svc[name]["environment"]["AEFLOW_HOME"] == "/data/store"
     assert "pgdata:/var/lib/postgresql/data" in svc["postgres"]["volumes"]
+
+
+def test_the_aeflow_services_use_the_minio_service(compose):
+    svc = compose["services"]
+    assert svc["minio"]["command"][0] == "server"
+    assert all(str(p).startswith("127.0.0.1:") for p in svc["minio"]["ports"])
+    for name in AEFLOW_SERVICES:
+        env = svc[name]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert env["AWS_ACCESS_KEY_ID"] == svc["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == svc["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+    serve = svc["aeflow-serve"]
+    assert "s3://photos/incoming" in serve["command"] and "s3://photos/embeddings" in serve["command"]
+    assert serve["depends_on"]["minio-buckets"]["condition"] == "service_completed_successfully"
+    assert svc["minio-buckets"]["command"] == ["aeflow", "buckets", "photos"]
 
 
 def test_dockerfiles_pin_torch_and_install_the_project():

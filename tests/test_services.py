@@ -92,11 +92,11 @@ def test_ray_head_and_a_worker_form_a_two_node_cluster(tmp_path, short_tmp):
 
 
 def test_serve_registers_its_deployments(prefect_server, tmp_path):
-    watched = tmp_path / "incoming"
-    watched.mkdir()
+    # the watched folder and the output are s3:// URLs, as in docker-compose.yml
+    watched = "s3://photos/incoming"
     cmd = [sys.executable, "-m", "aeflow.cli", "serve", "--api-url", prefect_server.api_url,
-           "--store", str(tmp_path / "store"), "--nightly-embed-dir", str(watched), "--embed-out",
-           str(tmp_path / "embeddings"), "--runner", "local"]
+           "--store", str(tmp_path / "store"), "--nightly-embed-dir", watched, "--embed-out",
+           "s3://photos/embeddings", "--runner", "local"]
     want = {"embed/nightly-embed": "0 2 * * *", "train/weekly-retrain-denoise": "0 3 * * 0"}
     on_demand = ("train/on-demand", "denoise/on-demand", "upscale/on-demand", "embed/on-demand")
     api = prefect_server.api_url
@@ -124,7 +124,7 @@ def test_serve_registers_its_deployments(prefect_server, tmp_path):
         assert healthy, (tmp_path / "serve.log").read_text()[-3000:]
     for name, cron in want.items():
         assert [s["schedule"].get("cron") for s in found[name]["schedules"]] == [cron]
-    assert found["embed/nightly-embed"]["parameters"]["in_dir"] == str(watched)
+    assert found["embed/nightly-embed"]["parameters"]["in_dir"] == watched
     assert found["train/weekly-retrain-denoise"]["parameters"]["promote"] is True
     for name in (*on_demand, *want):
         d = found[name]
@@ -165,3 +165,13 @@ def test_api_answers_health_models_and_a_denoise_request(tmp_path):
         assert r.status_code == 200, r.text
         assert r.headers["x-aeflow-model"].startswith("denoise:")
         assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (24, 32, 3)
+
+
+def test_the_bucket_service_creates_its_bucket_once(s3):
+    """docker-compose's minio-buckets command, against the tests' S3 server standing in for MinIO."""
+    cmd = [sys.executable, "-m", "aeflow.cli", "buckets", "photos-compose-check"]
+    first = subprocess.run(cmd, env=s3.env(), capture_output=True, text=True, timeout=60)
+    again = subprocess.run(cmd, env=s3.env(), capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "created" in first.stdout, first.stderr
+    assert again.returncode == 0 and "exists" in again.stdout
+    assert any(b["Name"] == "photos-compose-check" for b in s3.client.list_buckets()["Buckets"])

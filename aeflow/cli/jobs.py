@@ -51,6 +51,11 @@ def add_commands(sub) -> None:
         add_s3_endpoint(p)
         p.set_defaults(func=_cmd_job, job=job)
 
+    p = sub.add_parser("buckets", help="create S3 buckets unless they exist (e.g. in a fresh MinIO)")
+    p.add_argument("names", metavar="BUCKET", nargs="+")
+    add_s3_endpoint(p)
+    p.set_defaults(func=_cmd_buckets)
+
     p = sub.add_parser("index", help="build or update the ANN index of OUT_DIR/embeddings")
     p.add_argument("out_dir", metavar="OUT_DIR", type=location)
     add_s3_endpoint(p)
@@ -109,6 +114,15 @@ def _cmd_job(args) -> int:
         print(f"{c['failed']} files failed{f' ({more} more not shown)' if more > 0 else ''}: rows with status "
               "'failed' in the manifest; rerun the same command to retry them", file=sys.stderr)
     return exit_code(s)
+
+
+def _cmd_buckets(args) -> int:
+    from aeflow import storage
+
+    storage.configure(args.s3_endpoint)
+    for name in args.names:
+        print(f"{'created' if storage.create_bucket(name) else 'exists'}: s3://{name}")
+    return 0
 
 
 def _cmd_index(args) -> int:
