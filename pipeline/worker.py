@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aeflow import storage
 from pipeline import inference
 from pipeline.manifest import make_row
 from pipeline.predictor import ModelInfo, Predictor
 from pipeline.reader import Task
 from pipeline.writer import OutputSpaceError, write_image
+
+S3_IO_THREADS = 8  # requests in flight per worker when its inputs or outputs are in S3
 
 # Alpha: the model sees the image composited on white; the input's alpha plane is put back on PNG/WebP/TIFF
 # outputs (pipeline.writer.with_alpha), as `aeflow api` does (pipeline/serving_models.py), so both answer the
@@ -114,8 +117,6 @@ class BatchWorker:
     """
 
     def __init__(self, spec: WorkerSpec):
-        from aeflow import storage
-
         self.spec = spec
         storage.configure(spec.s3_endpoint)
         self.predictor = Predictor(spec.model_path, spec.device, spec.threads)
@@ -127,6 +128,8 @@ class BatchWorker:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="aeflow-decode")
+        # S3 reads and writes wait on the network, not the cores: a batch's GETs and PUTs go out together
+        self.io_pool = None
 
     def describe(self) -> dict:
         """Providers and device actually used by this worker's session."""
@@ -140,7 +143,8 @@ class BatchWorker:
         decoded: list[tuple[int, _Decoded]] = []
         rows: dict[int, dict] = {}
         one = lambda t: decode_task(t, self.info)  # noqa: E731
-        results = self.pool.map(one, tasks) if self.pool and len(tasks) > 1 else map(one, tasks)
+        pool = self._io() if tasks and storage.is_remote(tasks[0].path) else self.pool
+        results = pool.map(one, tasks) if pool and len(tasks) > 1 else map(one, tasks)
         for i, (t, d) in enumerate(zip(tasks, results)):
             if isinstance(d, _Decoded):
                 decoded.append((i, d))
@@ -152,8 +156,23 @@ class BatchWorker:
             outs = predict(self.predictor, images, self.spec)
             share = (time.perf_counter() - t0) / len(decoded)
             del images  # inputs are not needed any more: a very large one is freed before its output is encoded
+            if storage.is_remote(self.spec.out_dir) and self.info.role != "encoder" and len(decoded) > 1:
+                for d in (d for _, d in decoded):
+                    d.image = None
+                done = self._io().map(lambda k: finish(self.spec, self.info.role, decoded[k][1], outs[k], share),
+                                      range(len(decoded)))
+                for (i, _), row in zip(decoded, done):
+                    rows[i] = row
+                return [rows[i] for i in range(len(tasks))]
             for k, (i, d) in enumerate(decoded):
                 d.image = None
                 out, outs[k] = outs[k], None  # each output is freed once written
                 rows[i] = finish(self.spec, self.info.role, d, out, share)
         return [rows[i] for i in range(len(tasks))]
+
+    def _io(self):
+        if self.io_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.io_pool = ThreadPoolExecutor(max(S3_IO_THREADS, self.spec.threads), thread_name_prefix="aeflow-s3")
+        return self.io_pool
