@@ -7,7 +7,8 @@ variables set), uploads the generated photos once, then for each job runs, in al
 local → local, S3 → S3 and S3 → local, each a fresh OUT, through the CLI as a subprocess, and reports each run's
 images/s (summary.json's `images_per_s`) and the ratio S3/local of the medians. Also measures the two client
 libraries this layer could sit on, on the same server: GET and PUT of `--objects` small objects, one thread,
-through aeflow.storage (boto3) and through pyarrow.fs.S3FileSystem, and a listing of them.
+through aeflow.storage (boto3) and through pyarrow.fs.S3FileSystem, and a listing of them, plus boto3 GETs from
+2 and 8 threads (the ceiling of the server itself, which shares the machine with the job).
 """
 from __future__ import annotations
 
@@ -80,6 +81,13 @@ def _clients(endpoint: str, bucket: str, n: int) -> dict:
     for i in range(n):
         storage.read_bytes(f"s3://{bucket}/c/boto3/{i:05d}")
     out["boto3_get_per_s"] = round(n / (time.perf_counter() - t), 1)
+    from concurrent.futures import ThreadPoolExecutor
+
+    for threads in (2, 8):  # the job's own concurrency (a batch's GETs in flight together): the server's ceiling
+        t = time.perf_counter()
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(lambda i: storage.read_bytes(f"s3://{bucket}/c/boto3/{i:05d}"), range(n)))
+        out[f"boto3_get_{threads}_threads_per_s"] = round(n / (time.perf_counter() - t), 1)
     t = time.perf_counter()
     listed = sum(1 for _ in storage.iter_files(f"s3://{bucket}/c/boto3"))
     out["boto3_list_s"] = round(time.perf_counter() - t, 3)

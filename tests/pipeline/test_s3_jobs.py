@@ -74,6 +74,13 @@ def test_mixed_local_and_s3_embed_index_search_dedup(s3, store, images, tmp_path
     local = tmp_path / "emb"
     assert main(["embed", src, str(local), "--store", str(store), "--model", "ae", "--no-progress"]) == 3
     assert json.loads((local / "_aeflow" / "summary.json").read_text())["counts"]["ok"] == 4
+    # dedup of a local output hashes and shows the S3 inputs it was embedded from
+    assert main(["index", str(local)]) == 0 and main(["dedup", str(local), "--no-progress"]) == 0
+    d = json.loads((local / "dedup" / "summary.json").read_text())
+    assert d["hashed"] == 4 and d["in_dir"] == src
+    from pipeline.dedup_page import _thumb
+
+    assert _thumb(f"{src}/a.jpg").startswith("data:image/jpeg;base64,")  # the page's thumbnails, from S3
     # the other way round: a local folder into S3, then index, search and dedup on the S3 output
     out = f"s3://{s3.out}/emb"
     assert main(["embed", str(images), out, "--store", str(store), "--model", "ae", "--no-progress"]) == 3
