@@ -197,11 +197,11 @@ def test_the_server_stopped_and_restarted_mid_job(s3, s3_server, store, tmp_path
     assert set(outs) == expected
 
 
-@pytest.mark.parametrize("kind", ["denoise"])
-def test_output_bytes_match_a_local_run(s3, store, images, tmp_path, kind):
+@pytest.mark.parametrize("kind,model", [("denoise", "denoise"), ("upscale", "upscale-x2")])
+def test_output_pixels_match_a_local_run(s3, store, images, tmp_path, kind, model):
     s3.upload(images, f"s3://{s3.inp}/p")
-    main([kind, f"s3://{s3.inp}/p", f"s3://{s3.out}/o", "--store", str(store), "--no-progress"])
-    main([kind, str(images), str(tmp_path / "local"), "--store", str(store), "--no-progress"])
+    main([kind, f"s3://{s3.inp}/p", f"s3://{s3.out}/o", "--store", str(store), "--model", model, "--no-progress"])
+    main([kind, str(images), str(tmp_path / "local"), "--store", str(store), "--model", model, "--no-progress"])
     for rel in ("a.jpg", "b.png", "sub/c.png"):
         a = np.asarray(Image.open(io.BytesIO(s3.get(f"s3://{s3.out}/o/{rel}"))))
         b = np.asarray(Image.open(tmp_path / "local" / rel))

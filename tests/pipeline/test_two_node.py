@@ -12,13 +12,18 @@ from test_process import _torchless_env
 from pipeline.manifest import load_state
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory, s3_server):
     """Head + one worker node, 1 CPU each, each its own temp dir and ports, as if on separate machines; workers
-    that cannot import torch. The benchmarks' throwaway cluster: torn down by pid, never `ray stop`."""
+    that cannot import torch, and the AWS settings each node of an S3-backed cluster has (its own credentials
+    for the session's S3 server). The benchmarks' throwaway cluster: torn down by pid, never `ray stop`."""
     from bench._cluster import local_cluster
+    from tests.conftest import S3_KEY_ID, S3_SECRET
 
-    with local_cluster(2, tmp_path, env=_torchless_env(tmp_path), own_temp_dirs=True) as (address, env):
+    tmp = tmp_path_factory.mktemp("two-nodes")
+    env = {**_torchless_env(tmp), "AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server.endpoint}
+    with local_cluster(2, tmp, env=env, own_temp_dirs=True) as (address, env):
         yield address, env
 
 
@@ -41,19 +46,9 @@ def test_job_on_two_nodes(two_node_cluster, store, tmp_path):
     assert {r["node"] for r in load_state(out).values() if r["status"] == "ok"} == set(s["nodes"])
 
 
-@pytest.fixture
-def two_node_s3_cluster(s3, tmp_path):
-    """The same two nodes, each with the AWS settings a node of an S3-backed cluster has (its own credentials)."""
-    from bench._cluster import local_cluster
-
-    env = {**_torchless_env(tmp_path), **{k: v for k, v in s3.env().items() if k.startswith("AWS_")}}
-    with local_cluster(2, tmp_path, env=env, own_temp_dirs=True) as (address, env):
-        yield address, env
-
-
-def test_job_on_two_nodes_reads_and_writes_s3(two_node_s3_cluster, s3, store, tmp_path):
+def test_job_on_two_nodes_reads_and_writes_s3(two_node_cluster, s3, store, tmp_path):
     """No folder is shared: inputs, outputs, manifest and the plan live in S3, the model travels with the actors."""
-    address, env = two_node_s3_cluster
+    address, env = two_node_cluster
     src = tmp_path / "in"
     for i in range(120):
         save(src / f"{i:03d}.jpg", photo(96, 96, i), quality=90)
