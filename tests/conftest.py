@@ -19,6 +19,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("AEFLOW_HOME", None)
+# S3: the tests' own credentials for the tests' own server, in every process they start (the session's Ray
+# workers included); never a developer's real AWS profile or endpoint
+S3_KEY_ID, S3_SECRET = "AKIAAEFLOWTESTKEY01", "aeflow-test-secret-never-written-4f9c"
+for _k in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_k, None)
+os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_DEFAULT_REGION="us-east-1")
 
 
 def free_port() -> int:
@@ -93,9 +99,6 @@ def photo_dir(tmp_path):
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     return d
 
-
-# Credentials the S3 tests run with: distinctive, so a test can show they never reach a manifest, log or summary.
-S3_KEY_ID, S3_SECRET = "AKIAAEFLOWTESTKEY01", "aeflow-test-secret-never-written-4f9c"
 
 
 @pytest.fixture(scope="session")

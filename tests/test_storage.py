@@ -132,3 +132,14 @@ def test_mirror_downloads_only_changes_and_pushes_back(s3, monkeypatch):
         (local / "index" / "index.json").write_text("half-done")
         raise RuntimeError("the build failed")
     assert s3.get(f"{url}/index/index.json") == b'{"v": 1}'  # a failed block uploads nothing
+
+
+def test_no_credentials_is_a_usage_error(s3, monkeypatch, tmp_path):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage._state.__dict__.clear()
+    with pytest.raises(storage.StorageAccessError, match="no AWS credentials"):
+        storage.check_access(f"s3://{s3.inp}/x", write=False)

@@ -67,6 +67,18 @@ def test_ray_rows_and_outputs_match_the_local_engine(ray_session, store, images,
     assert not (ro / "_aeflow" / "plan").exists()  # the plan parts go with the job
 
 
+def test_ray_s3_to_s3_in_both_layouts(ray_session, store, images, s3, layout):
+    """The plan in S3, read tasks, actors and (split) decode/write tasks all reach the store from their workers."""
+    s3.upload(images, f"s3://{s3.inp}/p")
+    out = f"s3://{s3.out}/o"
+    s = run_job(JobConfig(job="denoise", in_dir=f"s3://{s3.inp}/p", out_dir=out, model="denoise", store=store,
+                          runner="ray", batch_size=2, workers=2, progress=False))
+    assert s["layout"] == layout and s["counts"]["ok"] == 4 and s["counts"]["failed"] == 3
+    keys = s3.keys(out)
+    assert {"a.jpg", "b.png", "sub/c.png", "sub/deep/d.webp"} <= set(keys)
+    assert not any(k.startswith("_aeflow/plan/") for k in keys)
+
+
 def test_plan_parts_hold_a_bounded_number_of_tasks(tmp_path, monkeypatch):
     import pipeline.engine_ray as engine_ray
     from pipeline.reader import Task
