@@ -191,11 +191,11 @@ def _copy_metrics(model, images: list[np.ndarray], seed: int) -> dict:
     import torch
 
     from aeflow.imageio import fit_square
-    from models.views import edited, view_batch
+    from models.views import edited, view_batch, whole_and_quarters
 
     size, fit = model.cfg.input_size, model.cfg.fit
     rng = np.random.default_rng([seed, 31])
-    pieces = [p for im in images for p in _whole_and_quarters(im)]
+    pieces = [p for im in images for p in whole_and_quarters(im)]
     originals = np.stack([fit_square(p, size, fit) for p in pieces])
     copies = np.stack([edited(p, rng, size, fit) for p in pieces for _ in range(COPIES_PER_PHOTO)])
     source = np.repeat(np.arange(len(pieces)), COPIES_PER_PHOTO)
@@ -215,11 +215,6 @@ def _copy_metrics(model, images: list[np.ndarray], seed: int) -> dict:
     return {"copy_recall_at_1": float(np.mean(rank == 0)), "copy_recall_at_5": float(np.mean(rank < 5)),
             "copy_recall_at_p90": recall90, "copy_threshold_at_p90": threshold,
             "copy_queries": int(len(zc)), "copy_originals": int(len(zo)), "recon_mse": rec}
-
-
-def _whole_and_quarters(im: np.ndarray) -> list[np.ndarray]:
-    h, w = im.shape[:2]
-    return [im] + [im[y:y + h // 2, x:x + w // 2] for y in (0, h // 2) for x in (0, w // 2)]
 
 
 def evaluate_model(checkpoint: Path, data: str | None = None, seed: int = 0, limit: int | None = None) -> dict:

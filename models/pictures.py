@@ -194,12 +194,11 @@ def copy_search(model, ds, path: Path, seed: int = 0, queries: int = 6, shown: i
     import torch
 
     from aeflow.imageio import fit_square
-    from models.evaluate import _whole_and_quarters
-    from models.views import edited
+    from models.views import edited, whole_and_quarters
 
     size, fit = model.cfg.input_size, model.cfg.fit
     rng = np.random.default_rng([seed, 47])
-    pieces = [p for im in ds.val for p in _whole_and_quarters(im)]
+    pieces = [p for im in ds.val for p in whole_and_quarters(im)]
     originals = np.stack([fit_square(p, size, fit) for p in pieces])
     picks = rng.choice(np.arange(0, len(pieces), 5), size=min(queries, len(ds.val)), replace=False)
     copies = np.stack([edited(pieces[i], rng, size, fit) for i in picks])

@@ -57,6 +57,8 @@ class TrainSettings:
     prior: str = "gaussian"        # aae: gaussian | mixture (10 on a circle) | mixture-labels (one per class)
     contrast: float = 0.1          # photo-ae: weight of the InfoNCE term between two edited views
     loss: str = "mse"              # denoise/upscale: mse | l1 between the output and the clean target
+    same_photo: int = 0            # photo-ae: photos per batch giving five regions each (whole + quarters)
+    mirror: bool = False           # photo-ae: encode each image with its mirror image (a flip-invariant code)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -77,6 +79,10 @@ class TrainSettings:
             raise ValueError("--contrast applies to photo-ae only and must be >= 0")
         if self.synthetic < 0:
             raise ValueError("synthetic must be >= 0")
+        if self.mirror and self.kind != "photo-ae":
+            raise ValueError("--mirror applies to photo-ae only")
+        if self.same_photo and (self.kind != "photo-ae" or not 0 < 5 * self.same_photo <= self.batch_size):
+            raise ValueError("--same-photo applies to photo-ae only, with 5 * same_photo <= batch_size")
         if self.synthetic and self.kind not in PATCH_KINDS:
             raise ValueError(f"--synthetic applies to {', '.join(PATCH_KINDS)}, not {self.kind}")
         if self.device not in DEVICES:
@@ -124,6 +130,8 @@ def model_config(settings: TrainSettings) -> dict:
         cfg["prior"] = settings.prior
     if settings.kind in VIEW_KINDS and settings.latent_dim is not None:
         cfg["latent_dim"] = settings.latent_dim
+    if settings.kind == "photo-ae" and settings.mirror:
+        cfg["mirror"] = True
     if settings.kind in ARRAY_KINDS:
         if settings.latent_dim is not None:
             cfg["latent_dim"] = settings.latent_dim
@@ -189,13 +197,13 @@ def compute_loss(model, kind: str, inp, target, beta: float = 1.0, contrast: flo
     return loss
 
 
-def _views(images, n: int, size: int, rng, device: str):
+def _views(images, n: int, size: int, rng, device: str, same_photo: int = 0):
     """(2 edited views as one (2,N,C,S,S) tensor, the clean crops) for the photo-ae (models/views.py)."""
     import torch
 
     from models.views import view_batch
 
-    v1, v2, clean = view_batch(images, n, size, rng)
+    v1, v2, clean = view_batch(images, n, size, rng, same_photo=same_photo)
     return torch.stack([to_tensor(v1, device), to_tensor(v2, device)]), to_tensor(clean, device)
 
 
@@ -227,7 +235,7 @@ def _train_batches(settings: TrainSettings, data, epoch: int, device: str, model
     rng = np.random.default_rng([settings.seed, epoch])
     if settings.kind in VIEW_KINDS:
         for _ in range(settings.steps_per_epoch):
-            yield _views(data.train, settings.batch_size, model_input_size, rng, device)
+            yield _views(data.train, settings.batch_size, model_input_size, rng, device, settings.same_photo)
     elif isinstance(data, PatchData):
         for _ in range(settings.steps_per_epoch):
             clean = sample_patches(data.train, settings.batch_size, settings.patch_size, rng)

@@ -39,6 +39,12 @@ def random_crop(img: np.ndarray, rng: np.random.Generator, min_area: float = 0.3
     return img[y:y + ch, x:x + cw]
 
 
+def whole_and_quarters(img: np.ndarray) -> list[np.ndarray]:
+    """The photo and its four quarters: five images that share content but are not copies of each other."""
+    h, w = img.shape[:2]
+    return [img] + [img[y:y + h // 2, x:x + w // 2] for y in (0, h // 2) for x in (0, w // 2)]
+
+
 def apply_edit(img: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray:
     """One edit of a uint8 HxWx3 photo (names in EDITS), with random strength."""
     from PIL import Image, ImageEnhance
@@ -86,11 +92,19 @@ def edited(img: np.ndarray, rng: np.random.Generator, size: int, fit: str = "squ
 
 
 def view_batch(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator,
-               fit: str = "squash") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               fit: str = "squash", same_photo: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(view1, view2, clean), each uint8 N×S×S×3: two edited views of a random crop of a random photo, and the crop."""
+    # The first 5 * same_photo rows: same_photo distinct photos, each whole and in quarters, cropped to >= 70% of
+    # their area. The contrastive term makes them negatives of one another, so the code tells apart regions of
+    # one photo (two skies, two halves of a wall), not only different photos.
+    if 5 * same_photo > n or same_photo > len(images):
+        raise ValueError(f"same_photo={same_photo} needs {5 * same_photo} rows and as many photos; "
+                         f"the batch has {n} rows, the split {len(images)} photos")
+    groups = [random_crop(p, rng, min_area=0.7) for k in rng.choice(len(images), same_photo, replace=False)
+              for p in whole_and_quarters(images[int(k)])] if same_photo else []
     v1, v2, clean = (np.empty((n, size, size, 3), np.uint8) for _ in range(3))
     for i in range(n):
-        crop = random_crop(images[int(rng.integers(len(images)))], rng)
+        crop = groups[i] if i < len(groups) else random_crop(images[int(rng.integers(len(images)))], rng)
         clean[i] = fit_square(crop, size, fit)
         v1[i], v2[i] = edited(crop, rng, size, fit), edited(crop, rng, size, fit)
     return v1, v2, clean

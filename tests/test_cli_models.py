@@ -147,6 +147,20 @@ def test_bad_choices_and_unknown_models(tmp_path, capsys):
     assert "no model named 'nothing'" in capsys.readouterr().err
 
 
+def test_photo_ae_flags_parse_to_the_settings():
+    import argparse
+
+    import aeflow.cli.models as m
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    m.add_commands(sub)
+    args = sub.choices["train"].parse_args(["photo-ae", "--mirror", "true", "--same-photo", "4"])
+    assert args.mirror is True and args.same_photo == 4
+    assert sub.choices["train"].parse_args(["photo-ae"]).mirror is False
+    with pytest.raises(SystemExit):
+        sub.choices["train"].parse_args(["photo-ae", "--mirror", "maybe"])
+
+
 def test_cli_module_does_not_import_torch():
     code = ("import argparse, sys, aeflow.cli.models as m; m.add_commands(argparse.ArgumentParser().add_subparsers()); "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")

@@ -9,7 +9,17 @@ from pathlib import Path
 from aeflow.errors import UsageError
 
 _CHOICES = {"scale": (2, 4)}
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int}
+
+
+def _boolean(text: str) -> bool:
+    """yes/no on the command line: true, false, 1, 0, yes, no."""
+    v = text.strip().lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return v in ("true", "1", "yes")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "bool": _boolean}
 _HELP = {
     "data": "a folder of images, builtin:photos, builtin:mnist or builtin:digits",
     "latent_dim": "latent size of ae/vae/conv-vae/aae (default: the model's: 32, 2, 16, 2)",
@@ -26,6 +36,9 @@ _HELP = {
     "lr_schedule": "constant, or cosine decay to 0 over all epochs",
     "dilation": "denoise: dilate the convs 1,2,..,N,..,2,1 (wider receptive field, same cost)",
     "contrast": "photo-ae: weight of the contrastive (InfoNCE) term between two edited views",
+    "mirror": "photo-ae: encode each image together with its mirror image, so both get one code (true/false)",
+    "same_photo": "photo-ae: photos per batch that give five rows each (the photo and its quarters), so regions "
+                  "of one photo are told apart",
 }
 
 

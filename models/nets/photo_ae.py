@@ -18,6 +18,7 @@ class PhotoAEConfig:
     latent_dim: int = 256
     widths: tuple = (32, 64, 128, 256, 256)
     fit: str = "squash"    # aeflow.imageio.fit_square: the whole photo, so a crop of it still looks like it
+    mirror: bool = False   # one code for an image and its mirror image: a mirrored copy is the same photo
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -71,7 +72,11 @@ class PhotoAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-length codes (N, latent_dim) from images (N,C,S,S) in [0,1]."""
-        return F.normalize(self.encoder(x), dim=1)
+        if not self.cfg.mirror:
+            return F.normalize(self.encoder(x), dim=1)
+        # the sum over both orientations is the same for x and its mirror; one call of 2N keeps the graph simple
+        h = self.encoder(torch.cat([x, x.flip(3)]))
+        return F.normalize(h.reshape(2, -1, h.shape[1]).sum(0), dim=1)  # no batch size frozen into the graph
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images (N,C,S,S) in [0,1] from codes."""

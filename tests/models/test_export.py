@@ -134,3 +134,20 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="opset"):
         export_onnx(_tiny("denoise", {}), tmp_path / "m.onnx", name="d", version=1, opset=13)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mirror_photo_ae_gives_an_image_and_its_mirror_one_code(tmp_path):
+    """mirror=True: the exported graph itself sums both orientations, so a mirrored copy gets the same embedding."""
+    torch.manual_seed(0)
+    model = create_model("photo-ae", "tiny", mirror=True).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.encode(x), model.encode(x.flip(3)), atol=1e-6)
+        plain = create_model("photo-ae", "tiny")
+        plain.load_state_dict(model.state_dict())  # same weights: only the mirror setting differs
+        assert not torch.allclose(plain.eval().encode(x), plain.encode(x.flip(3)), atol=1e-3)
+    export_onnx(model, tmp_path / "model.onnx", name="p", version=1)
+    a = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    sess = _session(tmp_path / "model.onnx")
+    e, m = (sess.run(None, {"image": b})[0] for b in (a, np.ascontiguousarray(a[:, :, ::-1])))
+    np.testing.assert_allclose(e, m, atol=1e-5)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from models.train import TrainSettings, _should_stop, lr_at, train_model
+from models.train import TrainSettings, _should_stop, lr_at, model_config, train_model
 
 TINY_DIGITS = dict(data="builtin:digits", size="tiny", limit=100, batch_size=32)
 
@@ -90,6 +90,20 @@ def test_resume_continues_at_the_next_epoch(tmp_path):
 def test_vae_loss_decreases_on_digits(tmp_path):
     r = train_model(TrainSettings(kind="vae", epochs=2, lr=3e-3, **TINY_DIGITS), tmp_path, progress=False)
     assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
+
+
+def test_same_photo_is_a_photo_ae_setting_that_fits_the_batch():
+    assert TrainSettings(kind="photo-ae", same_photo=4, batch_size=32).same_photo == 4
+    for bad in (dict(kind="ae", same_photo=1), dict(kind="photo-ae", same_photo=7, batch_size=32)):
+        with pytest.raises(ValueError, match="same-photo"):
+            TrainSettings(**bad)
+
+
+def test_mirror_is_a_photo_ae_setting_that_reaches_the_model():
+    assert model_config(TrainSettings(kind="photo-ae", mirror=True))["mirror"] is True
+    assert "mirror" not in model_config(TrainSettings(kind="photo-ae"))
+    with pytest.raises(ValueError, match="--mirror"):
+        TrainSettings(kind="ae", mirror=True)
 
 
 def test_contrast_is_a_photo_ae_setting():

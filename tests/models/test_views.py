@@ -50,3 +50,21 @@ def test_training_and_inference_share_one_preprocessing_function(tmp_path):
     want = model.encode(torch.from_numpy(fit(img, 32, "squash")).permute(2, 0, 1)[None].float() / 255).detach()
     got = pipeline.inference.embed(Predictor(str(tmp_path / "model.onnx")), [img])[0]
     np.testing.assert_allclose(got, want[0].numpy(), atol=1e-5)
+
+
+def test_same_photo_rows_are_distinct_regions_of_one_photo():
+    """With same_photo=k the first 5k clean crops are the photo and its quarters, from k different photos."""
+    photos = [np.full((120, 160, 3), 40 * i, np.uint8) for i in range(4)]  # one flat colour per photo
+    for p in photos:  # a different colour per quarter, so each crop shows which region it came from
+        p[:60, 80:] += 1
+        p[60:, :80] += 2
+        p[60:, 80:] += 3
+    _, _, clean = view_batch(photos, 12, 16, np.random.default_rng(0), same_photo=2)
+    for g in range(2):
+        rows = clean[5 * g:5 * g + 5].astype(int)
+        assert len({int(r.min()) // 40 for r in rows}) == 1  # one photo per group
+        assert len({int(r.min()) % 40 for r in rows[1:]}) == 4  # four different quarters
+        assert rows[0].max() - rows[0].min() >= 2  # the whole photo spans several quarters
+    assert len({int(clean[5 * g].min()) // 40 for g in range(2)}) == 2  # two different photos
+    with pytest.raises(ValueError, match="same_photo"):
+        view_batch(photos, 9, 16, np.random.default_rng(0), same_photo=2)
