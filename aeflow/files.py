@@ -43,6 +43,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def json_text(obj) -> str:
+    """`obj` as the indented, key-sorted JSON aeflow writes (non-JSON values as their str())."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write `obj` as indented, key-sorted JSON to `path` atomically (non-JSON values as their str())."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return write_text(path, json_text(obj))

@@ -435,8 +435,7 @@ def mirrored(folder, pull: tuple[str, ...], push: tuple[str, ...] = ()) -> Itera
             if e.rel not in here:
                 delete(e.path)
                 record.pop(e.rel, None)
-        for e in iter_files(folder, prefix):  # the ETags of what was uploaded: the next pull keeps these files
-            if e.rel in record:
+            elif e.rel in record:  # the ETag of what was uploaded: the next pull keeps the file
                 record[e.rel]["etag"] = e.etag
     _write_local(rec_file, json.dumps(record).encode())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from aeflow import storage
+from aeflow.files import json_text
 
 META_DIR = "_aeflow"
 MANIFEST_DIR = f"{META_DIR}/manifest"
@@ -51,12 +52,13 @@ def make_row(**fields) -> dict:
 def iter_rows(out_dir):
     """All rows of all manifest files, oldest run first; a torn last line (killed writer) is ignored.
 
-    On S3 the objects are fetched READ_AHEAD at a time, in order (a long run leaves one per second of work).
+    Local files are read line by line; S3 objects are fetched READ_AHEAD at a time, in order (a long run leaves
+    one per second of work).
     """
     names = sorted((e for e in storage.iter_files(out_dir, MANIFEST_DIR) if e.rel.endswith(".jsonl")
                     and not e.rel.rsplit("/", 1)[-1].startswith(".")), key=lambda e: e.rel)
-    for data in _fetch(names):
-        for line in data.decode("utf-8", "replace").splitlines():
+    for lines in _fetch(names):
+        for line in lines:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
@@ -65,16 +67,19 @@ def iter_rows(out_dir):
                 yield row
 
 
-def _fetch(entries: list) -> Iterator[bytes]:
+def _fetch(entries: list) -> Iterator:
+    """Each manifest file's lines, in order."""
     if not entries or not storage.is_remote(entries[0].path):
         for e in entries:
-            yield storage.read_bytes(e.path)
+            with open(e.path, encoding="utf-8", errors="replace") as fh:
+                yield fh
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(READ_AHEAD) as ex:
         for i in range(0, len(entries), READ_AHEAD):
-            yield from ex.map(lambda e: storage.read_bytes(e.path), entries[i:i + READ_AHEAD])
+            for data in ex.map(lambda e: storage.read_bytes(e.path), entries[i:i + READ_AHEAD]):
+                yield data.decode("utf-8", "replace").splitlines()
 
 
 def load_state(out_dir: Path) -> dict[str, dict]:
@@ -130,7 +135,7 @@ class ManifestWriter:
 def write_summary(out_dir, summary: dict) -> str | Path:
     """Write OUT_DIR/_aeflow/summary.json atomically (S3: one PUT)."""
     path = storage.join(out_dir, SUMMARY)
-    storage.write_bytes(path, json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    storage.write_bytes(path, json_text(summary).encode("utf-8"))
     return path
 
 

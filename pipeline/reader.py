@@ -128,7 +128,7 @@ def plan(in_dir, out_dir, settings: PlanSettings, state: dict[str, dict],
             else:  # embed: the part file holding its vector must still be there
                 part = prev.get("part") or ""
                 if part not in parts_exist:
-                    parts_exist[part] = bool(part) and storage.is_file(storage.join(out_dir, "embeddings", part))
+                    parts_exist[part] = bool(part) and outputs.has(f"embeddings/{part}")
                 present = parts_exist[part]
             if present:
                 row = dict(prev)

@@ -156,18 +156,16 @@ class BatchWorker:
             outs = predict(self.predictor, images, self.spec)
             share = (time.perf_counter() - t0) / len(decoded)
             del images  # inputs are not needed any more: a very large one is freed before its output is encoded
-            if storage.is_remote(self.spec.out_dir) and self.info.role != "encoder" and len(decoded) > 1:
-                for d in (d for _, d in decoded):
-                    d.image = None
-                done = self._io().map(lambda k: finish(self.spec, self.info.role, decoded[k][1], outs[k], share),
-                                      range(len(decoded)))
-                for (i, _), row in zip(decoded, done):
-                    rows[i] = row
-                return [rows[i] for i in range(len(tasks))]
-            for k, (i, d) in enumerate(decoded):
+            for _, d in decoded:
                 d.image = None
+
+            def fin(k: int) -> dict:
                 out, outs[k] = outs[k], None  # each output is freed once written
-                rows[i] = finish(self.spec, self.info.role, d, out, share)
+                return finish(self.spec, self.info.role, decoded[k][1], out, share)
+
+            remote = storage.is_remote(self.spec.out_dir) and self.info.role != "encoder" and len(decoded) > 1
+            for (i, _), row in zip(decoded, (self._io().map if remote else map)(fin, range(len(decoded)))):
+                rows[i] = row
         return [rows[i] for i in range(len(tasks))]
 
     def _io(self):
